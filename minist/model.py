@@ -1,0 +1,242 @@
+"""The whole pipeline in one object: ``SentenceTransformer(name).encode(texts)`` -> embeddings.
+
+A ``SentenceTransformer`` is an ``nn.Sequential`` of steps, each adding to one ``features`` dict:
+``Transformer`` (input_ids -> token_embeddings), ``Pooling`` (-> sentence_embedding), then
+optionally ``Dense`` and ``Normalize``. Index it to open a step: ``model[0].tokenizer``.
+The folder layout it reads and writes is sentence-transformers' own (``modules.json`` lists the
+steps), so models move between the two libraries in both directions.
+Left out: prompts, multi-process and multi-GPU encoding, ONNX/OpenVINO backends, training (later).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import transformers
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from minist import __version__, util
+from minist.dense import Dense
+from minist.hub import resolve_model_folder
+from minist.normalize import Normalize
+from minist.pooling import Pooling
+from minist.transformer import Transformer
+
+logger = logging.getLogger("minist")
+
+# modules.json names a step by its sentence-transformers class; minist matches on the class name
+# (old "sentence_transformers.models.Pooling" and v6 "...modules.pooling.Pooling" alike).
+STEPS = {"Transformer": Transformer, "Pooling": Pooling, "Dense": Dense, "Normalize": Normalize}
+ST_TYPES = {
+    "Transformer": "sentence_transformers.models.Transformer",
+    "Pooling": "sentence_transformers.models.Pooling",
+    "Dense": "sentence_transformers.models.Dense",
+    "Normalize": "sentence_transformers.models.Normalize",
+}
+SIMILARITY = {"cosine": util.cos_sim, "dot": util.dot_score}
+
+
+def default_device() -> str:
+    """CUDA if present, then Apple's MPS, then the CPU."""
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def load_steps(folder: Path) -> list[nn.Module]:
+    """Build the steps that ``folder/modules.json`` lists; a plain Hugging Face folder gets mean pooling."""
+    modules_file = folder / "modules.json"
+    if not modules_file.is_file():
+        transformer = Transformer.load(folder)
+        logger.warning("%s has no modules.json (not a sentence-transformers model): using mean pooling.", folder)
+        return [transformer, Pooling(transformer.get_word_embedding_dimension(), "mean")]
+    steps = []
+    for entry in sorted(json.loads(modules_file.read_text()), key=lambda e: e["idx"]):
+        kind = entry["type"].rsplit(".", 1)[-1]
+        if kind not in STEPS:
+            raise ValueError(f"{modules_file} lists a {entry['type']} step; minist runs only {', '.join(STEPS)}.")
+        steps.append(Normalize() if kind == "Normalize" else STEPS[kind].load(folder / entry["path"]))
+    return steps
+
+
+class SentenceTransformer(nn.Sequential):
+    """Load a model by folder, Hub id or short name, or build one from ``modules``.
+
+    >>> model = SentenceTransformer("all-MiniLM-L6-v2")  # doctest: +SKIP
+    >>> model.encode(["A cat sleeps.", "A kitten naps."]).shape  # doctest: +SKIP
+    (2, 384)
+    """
+
+    def __init__(self, model_name_or_path: str | Path | None = None, modules: list[nn.Module] | None = None,
+                 device: str | None = None, cache_folder: str | Path | None = None):
+        self.similarity_fn_name = "cosine"
+        if model_name_or_path is not None:
+            folder = resolve_model_folder(model_name_or_path, cache_folder)
+            modules = load_steps(folder)
+            config_file = folder / "config_sentence_transformers.json"
+            if config_file.is_file():
+                self.similarity_fn_name = json.loads(config_file.read_text()).get("similarity_fn_name") or "cosine"
+        if not modules or not isinstance(modules[0], Transformer):
+            raise ValueError("Give a model name or path, or modules that start with a minist Transformer.")
+        super().__init__(*modules)
+        self.to(device or default_device())
+
+    # --- the pieces, for inspection -------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def tokenizer(self):
+        return self[0].tokenizer
+
+    @property
+    def max_seq_length(self) -> int:
+        return self[0].max_seq_length
+
+    @max_seq_length.setter
+    def max_seq_length(self, value: int) -> None:
+        self[0].max_seq_length = value
+
+    def tokenize(self, texts: list[str]) -> dict[str, Tensor]:
+        """texts -> padded (batch, seq) tensors: ``input_ids``, ``attention_mask`` (and ``token_type_ids``)."""
+        return self[0].tokenize(texts)
+
+    def get_sentence_embedding_dimension(self) -> int:
+        """The size of what ``encode`` returns: the last step that changes it decides."""
+        return next(step.get_sentence_embedding_dimension() for step in reversed(self)
+                    if hasattr(step, "get_sentence_embedding_dimension"))
+
+    def similarity(self, a, b) -> Tensor:
+        """The model's similarity function (cosine unless its config says ``dot``): (n, dim), (m, dim) -> (n, m)."""
+        if self.similarity_fn_name not in SIMILARITY:
+            raise ValueError(f"Unsupported similarity_fn_name {self.similarity_fn_name!r}; minist has {list(SIMILARITY)}.")
+        return SIMILARITY[self.similarity_fn_name](a, b)
+
+    # --- encode ------------------------------------------------------------------------------------
+    def encode(self, sentences: str | list[str], batch_size: int = 32, show_progress_bar: bool | None = None,
+               output_value: Literal["sentence_embedding", "token_embeddings"] = "sentence_embedding",
+               convert_to_numpy: bool = True, convert_to_tensor: bool = False, normalize_embeddings: bool = False,
+               device: str | None = None):
+        """Texts -> embeddings, in input order.
+
+        A string gives one (dim,) vector; a list gives (len, dim): a numpy array, or a tensor with
+        ``convert_to_tensor=True``, or a list of tensors when both conversions are off.
+        ``output_value="token_embeddings"`` gives each text's (tokens, dim) tensor instead.
+        """
+        single = isinstance(sentences, str)
+        texts = [sentences] if single else list(sentences)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"encode takes strings, but item {i} is a {type(text).__name__}: {text!r:.60}")
+        if output_value not in ("sentence_embedding", "token_embeddings"):
+            raise ValueError(f"output_value must be 'sentence_embedding' or 'token_embeddings', not {output_value!r}.")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}.")
+        if device is not None:
+            self.to(device)
+        if show_progress_bar is None:
+            show_progress_bar = logger.getEffectiveLevel() <= logging.INFO
+        self.eval()
+        if not texts:
+            return self._empty_result(output_value, convert_to_numpy, convert_to_tensor)
+
+        # Tokenize once, unpadded, so batches can be formed by real token count (least padding).
+        rows = self[0].tokenize(texts, padding=False)
+        cut = sum(bool(encoding.overflowing) for encoding in rows.encodings)
+        if cut:
+            logger.warning("%d of %d texts were longer than max_seq_length=%d tokens and were truncated.",
+                           cut, len(texts), self.max_seq_length)
+        lengths = [len(ids) for ids in rows["input_ids"]]
+        order = sorted(range(len(texts)), key=lambda i: -lengths[i])  # longest first: memory errors show early
+
+        results: list = [None] * len(texts)
+        with torch.inference_mode():
+            for start in tqdm(range(0, len(texts), batch_size), desc="Batches", disable=not show_progress_bar):
+                batch = order[start:start + batch_size]
+                features = self[0].pad([{key: rows[key][i] for key in rows} for i in batch])
+                features = self({key: value.to(self.device) for key, value in features.items()})
+                if output_value == "token_embeddings":
+                    for i, tokens, mask in zip(batch, features["token_embeddings"], features["attention_mask"]):
+                        last = int(mask.nonzero().max()) if mask.any() else 0
+                        results[i] = tokens[: last + 1]  # drop trailing padding, as sentence-transformers does
+                    continue
+                embeddings = features["sentence_embedding"]
+                if normalize_embeddings:
+                    embeddings = F.normalize(embeddings, p=2, dim=1)
+                for i, embedding in zip(batch, embeddings):
+                    results[i] = embedding
+
+        if output_value == "sentence_embedding" and convert_to_tensor:
+            results = torch.stack(results)
+        elif output_value == "sentence_embedding" and convert_to_numpy:
+            results = torch.stack(results).float().cpu().numpy()
+        return results[0] if single else results
+
+    def _empty_result(self, output_value: str, convert_to_numpy: bool, convert_to_tensor: bool):
+        """What ``encode([])`` returns: no rows, but the right type and width."""
+        dim = self.get_sentence_embedding_dimension()
+        if output_value == "token_embeddings" or not (convert_to_numpy or convert_to_tensor):
+            return []
+        return torch.empty(0, dim, device=self.device) if convert_to_tensor else np.zeros((0, dim), np.float32)
+
+    # --- save --------------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Write the model in sentence-transformers' layout, all or nothing.
+
+        Files go to a hidden folder beside ``path`` that is renamed into place only when complete, so a
+        save that fails leaves no half-written model. An existing model at ``path`` is replaced; a
+        folder holding anything else is refused rather than overwritten.
+        """
+        target = Path(path)
+        if target.exists() and not (target.is_dir() and _replaceable(target)):
+            raise FileExistsError(f"{target} exists and is not a minist or sentence-transformers model; "
+                                  "save into a new or empty folder.")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+        try:
+            self._write(partial)
+            if target.exists():
+                old = partial.with_suffix(".old")
+                target.rename(old)
+                partial.rename(target)
+                shutil.rmtree(old)
+            else:
+                partial.rename(target)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+
+    def _write(self, folder: Path) -> None:
+        entries = []
+        for idx, step in enumerate(self):
+            kind = type(step).__name__
+            path = "" if idx == 0 else f"{idx}_{kind}"
+            (folder / path).mkdir(exist_ok=True)
+            if not isinstance(step, Normalize):
+                step.save(folder / path)
+            entries.append({"idx": idx, "name": str(idx), "path": path, "type": ST_TYPES[kind]})
+        config = {
+            "__version__": {"minist": __version__, "transformers": transformers.__version__, "pytorch": torch.__version__},
+            "prompts": {},
+            "default_prompt_name": None,
+            "similarity_fn_name": self.similarity_fn_name,
+        }
+        (folder / "config_sentence_transformers.json").write_text(json.dumps(config, indent=2))
+        (folder / "modules.json").write_text(json.dumps(entries, indent=2))  # last: its presence marks a model
+
+
+def _replaceable(folder: Path) -> bool:
+    """An empty folder or a saved model (which ``save`` may replace whole)."""
+    return not any(folder.iterdir()) or (folder / "modules.json").is_file()

@@ -1,0 +1,112 @@
+"""Step 3 of the pipeline: pool a sentence's token embeddings into one vector.
+
+The six modes of sentence-transformers' ``Pooling`` module (Reimers & Gurevych, 2019,
+https://arxiv.org/abs/1908.10084), each a few lines below:
+
+- ``cls``: the first real token's embedding (BERT's [CLS]);
+- ``mean``: the average over real tokens (padding masked out);
+- ``max``: the element-wise maximum over real tokens;
+- ``mean_sqrt_len_tokens``: the sum over real tokens divided by sqrt(number of tokens);
+- ``weightedmean``: a mean where the i-th token weighs i (later tokens count more; SGPT);
+- ``lasttoken``: the last real token, right or left padding alike (decoder models).
+
+Several modes at once are concatenated, as in sentence-transformers.
+Left out: prompt exclusion (``include_prompt`` is kept and saved, but minist has no prompts).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal, get_args
+
+import torch
+from torch import Tensor, nn
+
+PoolingMode = Literal["cls", "mean", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken"]
+MODES: tuple[str, ...] = get_args(PoolingMode)
+
+# The boolean keys sentence-transformers (v2 to v5) writes in 1_Pooling/config.json, one per mode.
+# Their order is the order in which sentence-transformers concatenates several modes.
+_LEGACY_KEYS = {
+    "cls": "pooling_mode_cls_token",
+    "max": "pooling_mode_max_tokens",
+    "mean": "pooling_mode_mean_tokens",
+    "mean_sqrt_len_tokens": "pooling_mode_mean_sqrt_len_tokens",
+    "weightedmean": "pooling_mode_weightedmean_tokens",
+    "lasttoken": "pooling_mode_lasttoken",
+}
+
+
+def pool(token_embeddings: Tensor, attention_mask: Tensor, mode: PoolingMode = "mean") -> Tensor:
+    """(batch, seq, dim) token embeddings and a (batch, seq) mask of 1s and 0s -> (batch, dim).
+
+    >>> pool(torch.tensor([[[1.0], [3.0], [9.0]]]), torch.tensor([[1, 1, 0]]), "mean")
+    tensor([[2.]])
+    """
+    mask = attention_mask.unsqueeze(-1).to(token_embeddings.dtype)  # (batch, seq, 1)
+    first = attention_mask.int().argmax(dim=1)  # (batch,) first real token: 0 unless padded on the left
+    rows = torch.arange(len(first), device=first.device)
+    if mode == "cls":
+        return token_embeddings[rows, first]
+    if mode == "max":
+        # Padding must never win the maximum, so it is pushed far below any real value.
+        return token_embeddings.masked_fill(mask == 0, -1e9).max(dim=1).values
+    if mode == "lasttoken":
+        # The last 1 in each mask row; flipping finds it for right and left padding alike.
+        seq_len = attention_mask.shape[1]
+        last = seq_len - 1 - attention_mask.flip(dims=[1]).int().argmax(dim=1)  # (batch,)
+        return token_embeddings[rows, last]
+    if mode == "weightedmean":
+        # The i-th real token (counting from 1) weighs i, also when padding comes first.
+        positions = torch.arange(1, mask.shape[1] + 1, device=mask.device, dtype=mask.dtype) - first[:, None]
+        mask = mask * positions.unsqueeze(-1)
+    summed = (token_embeddings * mask).sum(dim=1)  # (batch, dim)
+    counts = mask.sum(dim=1).clamp(min=1e-9)  # (batch, 1); clamp keeps an all-padding row finite
+    if mode in ("mean", "weightedmean"):
+        return summed / counts
+    if mode == "mean_sqrt_len_tokens":
+        return summed / counts.sqrt()
+    raise ValueError(f"Unknown pooling mode {mode!r}; choose one of {', '.join(MODES)}.")
+
+
+class Pooling(nn.Module):
+    """Adds ``sentence_embedding`` (batch, len(modes) * dim) to the features dict."""
+
+    def __init__(self, embedding_dimension: int, mode: str | list[str] = "mean", include_prompt: bool = True):
+        super().__init__()
+        self.modes = [mode] if isinstance(mode, str) else list(mode)
+        unknown = [m for m in self.modes if m not in MODES]
+        if unknown or not self.modes:
+            raise ValueError(f"Unknown pooling mode {unknown or mode!r}; choose from {', '.join(MODES)}.")
+        self.embedding_dimension = embedding_dimension
+        self.include_prompt = include_prompt
+
+    def forward(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
+        tokens, mask = features["token_embeddings"], features["attention_mask"]
+        pooled = [pool(tokens, mask, mode) for mode in self.modes]
+        features["sentence_embedding"] = torch.cat(pooled, dim=1)
+        return features
+
+    def get_sentence_embedding_dimension(self) -> int:
+        return len(self.modes) * self.embedding_dimension
+
+    def extra_repr(self) -> str:
+        return f"embedding_dimension={self.embedding_dimension}, modes={self.modes}"
+
+    @classmethod
+    def load(cls, folder: Path) -> Pooling:
+        """Reads ``config.json`` in either format: v6's ``pooling_mode`` or the older boolean keys."""
+        config = json.loads((Path(folder) / "config.json").read_text())
+        dimension = config.get("embedding_dimension", config.get("word_embedding_dimension"))
+        mode = config.get("pooling_mode") or [m for m, key in _LEGACY_KEYS.items() if config.get(key)]
+        return cls(dimension, mode, config.get("include_prompt", True))
+
+    def save(self, folder: Path) -> None:
+        """Writes the boolean-key format, which every sentence-transformers version reads."""
+        config = {"word_embedding_dimension": self.embedding_dimension}
+        config |= {key: mode in self.modes for mode, key in _LEGACY_KEYS.items()}
+        if self.modes != [m for m in _LEGACY_KEYS if m in self.modes]:
+            config["pooling_mode"] = self.modes  # booleans cannot keep an unusual order; v6 reads this
+        config["include_prompt"] = self.include_prompt
+        (Path(folder) / "config.json").write_text(json.dumps(config, indent=2))

@@ -1,0 +1,112 @@
+"""Steps 1 and 2 of the pipeline: text -> token ids (the tokenizer) -> token embeddings (the model).
+
+A thin wrapper over a Hugging Face fast tokenizer and ``transformers.AutoModel``, as
+sentence-transformers' ``Transformer`` module is. Texts are cut at ``max_seq_length`` tokens,
+from the right, exactly as the tokenizer's ``truncation=True`` does.
+Left out: prompts, images and audio, ``trust_remote_code``, the ONNX and OpenVINO backends.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from torch import Tensor, nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers.utils import logging as hf_logging
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model", "tokenizer.model")
+
+
+@contextmanager
+def quiet_progress_bars() -> Iterator[None]:
+    """Hide transformers' own bars ("Loading weights ...") while minist loads or saves, then restore them."""
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def check_model_folder(folder: Path) -> None:
+    """Raise FileNotFoundError naming what a Hugging Face model folder lacks: config, weights or tokenizer."""
+    wanted = {"a config": ("config.json",), "weights": WEIGHT_FILES, "a tokenizer": TOKENIZER_FILES}
+    missing = [f"{what} ({' or '.join(names)})" for what, names in wanted.items()
+               if not any((folder / name).is_file() for name in names)]
+    if missing:
+        raise FileNotFoundError(f"The model folder {folder} has no {' and no '.join(missing)}.")
+
+
+class Transformer(nn.Module):
+    """Holds ``tokenizer`` and ``auto_model``; adds ``token_embeddings`` (batch, seq, dim) to the features."""
+
+    def __init__(self, auto_model: nn.Module, tokenizer, max_seq_length: int, do_lower_case: bool = False):
+        super().__init__()
+        if not tokenizer.is_fast:
+            raise TypeError(f"minist needs a fast (Rust) tokenizer; got {type(tokenizer).__name__}.")
+        self.auto_model = auto_model
+        self.tokenizer = tokenizer
+        self.max_seq_length = max_seq_length
+        self.do_lower_case = do_lower_case
+
+    @property
+    def max_seq_length(self) -> int:
+        """Longest input in tokens, special tokens included; kept in the tokenizer, which does the cutting."""
+        return self.tokenizer.model_max_length
+
+    @max_seq_length.setter
+    def max_seq_length(self, value: int) -> None:
+        self.tokenizer.model_max_length = value
+
+    @classmethod
+    def load(cls, folder: Path) -> Transformer:
+        """Load a Hugging Face model folder; ``sentence_bert_config.json``, when present, sets the options."""
+        folder = Path(folder)
+        check_model_folder(folder)
+        options_file = folder / "sentence_bert_config.json"
+        options = json.loads(options_file.read_text()) if options_file.is_file() else {}
+        config = AutoConfig.from_pretrained(folder)
+        with quiet_progress_bars():
+            auto_model = AutoModel.from_pretrained(folder, config=config)
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+        # As in sentence-transformers: the saved max_seq_length, else the tokenizer's limit, never past
+        # the model's position table.
+        max_seq_length = options.get("max_seq_length") or tokenizer.model_max_length
+        max_seq_length = min(max_seq_length, getattr(config, "max_position_embeddings", max_seq_length))
+        return cls(auto_model.eval(), tokenizer, max_seq_length, options.get("do_lower_case", False))
+
+    def tokenize(self, texts: list[str], padding: bool = True) -> dict:
+        """texts -> ``input_ids`` and ``attention_mask`` (and ``token_type_ids`` for BERT), (batch, seq) tensors.
+
+        With ``padding=False`` it returns the tokenizer's lists instead, one row per text, unpadded.
+        """
+        if self.do_lower_case:
+            texts = [text.lower() for text in texts]
+        return self.tokenizer(texts, padding=padding, truncation=True, max_length=self.max_seq_length,
+                              return_tensors="pt" if padding else None)
+
+    def pad(self, rows: list[dict[str, list[int]]]) -> dict[str, Tensor]:
+        """Unpadded rows from ``tokenize(..., padding=False)`` -> one batch padded to its longest row."""
+        return dict(self.tokenizer.pad(rows, return_tensors="pt"))
+
+    def forward(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
+        names = self.tokenizer.model_input_names  # e.g. RoBERTa takes no token_type_ids
+        inputs = {name: features[name] for name in names if name in features}
+        features["token_embeddings"] = self.auto_model(**inputs, return_dict=True).last_hidden_state
+        return features
+
+    def get_word_embedding_dimension(self) -> int:
+        return self.auto_model.config.hidden_size
+
+    def save(self, folder: Path) -> None:
+        folder = Path(folder)
+        with quiet_progress_bars():
+            self.auto_model.save_pretrained(folder, safe_serialization=True)
+            self.tokenizer.save_pretrained(folder)
+        options = {"max_seq_length": self.max_seq_length, "do_lower_case": self.do_lower_case}
+        (folder / "sentence_bert_config.json").write_text(json.dumps(options, indent=2))
