@@ -5,7 +5,7 @@ The familiar API of sentence-transformers: ``SentenceTransformer``, ``util.cos_s
 
 __version__ = "0.1.0"
 
-from minist import util  # noqa: E402
-from minist.model import SentenceTransformer  # noqa: E402
+from minist import util
+from minist.model import SentenceTransformer
 
-__all__ = ["SentenceTransformer", "util", "__version__"]
+__all__ = ["SentenceTransformer", "__version__", "util"]

@@ -80,10 +80,12 @@ def resolve_model_folder(name_or_path: str | Path, cache_folder: str | Path | No
     for hub_id in ids:
         try:
             return Path(snapshot_download(hub_id, cache_dir=cache))
-        except Exception as error:  # noqa: BLE001 - offline, unknown repo, no network: all mean "not here"
+        except Exception as error:  # offline, unknown repository, no network: all mean "not here"
             last_error = error
     known = ", ".join(f"{pip_name} carries {hub_id}" for hub_id, (_, _, pip_name) in OFFLINE_PACKAGES.items())
-    hub = "offline (HF_HUB_OFFLINE=1), so only the cache was read" if constants.HF_HUB_OFFLINE else "not reachable or no such repository"
+    hub = "not reachable or no such repository"
+    if constants.HF_HUB_OFFLINE:
+        hub = "offline (HF_HUB_OFFLINE=1), so only the cache was read"
     raise ModelNotFoundError(
         f"Could not find the model {name!r}. Looked for:\n"
         f"  - a local folder: {path.resolve()} (does not exist)\n"

@@ -121,7 +121,8 @@ class SentenceTransformer(nn.Sequential):
     def similarity(self, a, b) -> Tensor:
         """The model's similarity function (cosine unless its config says ``dot``): (n, dim), (m, dim) -> (n, m)."""
         if self.similarity_fn_name not in SIMILARITY:
-            raise ValueError(f"Unsupported similarity_fn_name {self.similarity_fn_name!r}; minist has {list(SIMILARITY)}.")
+            name = self.similarity_fn_name
+            raise ValueError(f"Unsupported similarity_fn_name {name!r}; minist has {', '.join(SIMILARITY)}.")
         return SIMILARITY[self.similarity_fn_name](a, b)
 
     # --- encode ------------------------------------------------------------------------------------
@@ -168,15 +169,15 @@ class SentenceTransformer(nn.Sequential):
                 features = self[0].pad([{key: rows[key][i] for key in rows} for i in batch])
                 features = self({key: value.to(self.device) for key, value in features.items()})
                 if output_value == "token_embeddings":
-                    for i, tokens, mask in zip(batch, features["token_embeddings"], features["attention_mask"]):
-                        last = int(mask.nonzero().max()) if mask.any() else 0
-                        results[i] = tokens[: last + 1]  # drop trailing padding, as sentence-transformers does
-                    continue
-                embeddings = features["sentence_embedding"]
-                if normalize_embeddings:
-                    embeddings = F.normalize(embeddings, p=2, dim=1)
-                for i, embedding in zip(batch, embeddings):
-                    results[i] = embedding
+                    # Each text's own rows: trailing padding dropped, as sentence-transformers does.
+                    lengths = features["attention_mask"].cumsum(dim=1).argmax(dim=1) + 1  # last real token + 1
+                    outputs = [tokens[:n] for tokens, n in zip(features["token_embeddings"], lengths, strict=True)]
+                elif normalize_embeddings:
+                    outputs = F.normalize(features["sentence_embedding"], p=2, dim=1)
+                else:
+                    outputs = features["sentence_embedding"]
+                for i, output in zip(batch, outputs, strict=True):
+                    results[i] = output
 
         if output_value == "sentence_embedding" and convert_to_tensor:
             results = torch.stack(results)
@@ -228,7 +229,9 @@ class SentenceTransformer(nn.Sequential):
                 step.save(folder / path)
             entries.append({"idx": idx, "name": str(idx), "path": path, "type": ST_TYPES[kind]})
         config = {
-            "__version__": {"minist": __version__, "transformers": transformers.__version__, "pytorch": torch.__version__},
+            "__version__": {
+                "minist": __version__, "transformers": transformers.__version__, "pytorch": torch.__version__,
+            },
             "prompts": {},
             "default_prompt_name": None,
             "similarity_fn_name": self.similarity_fn_name,

@@ -31,7 +31,7 @@ def test_token_embeddings_match_sentence_transformers(pair):
     expected = theirs.encode(TINY_SENTENCES, output_value="token_embeddings")
     got = ours.encode(TINY_SENTENCES, output_value="token_embeddings")
     assert [g.shape for g in got] == [e.shape for e in expected]
-    for g, e in zip(got, expected):
+    for g, e in zip(got, expected, strict=True):
         torch.testing.assert_close(g, e, atol=1e-5, rtol=0)
     assert ours.encode("the cat", output_value="token_embeddings").shape == (4, 32)  # [CLS] the cat [SEP]
 

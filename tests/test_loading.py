@@ -78,7 +78,7 @@ def test_hub_ids_and_short_names_load_from_the_hugging_face_cache_offline(tmp_pa
 
 
 def test_missing_path_is_one_clear_error(tmp_path):
-    with pytest.raises(ModelNotFoundError, match="No model folder at .*does-not-exist"):
+    with pytest.raises(ModelNotFoundError, match=r"No model folder at .*does-not-exist"):
         SentenceTransformer(str(tmp_path / "does-not-exist"))
     (tmp_path / "file.txt").write_text("not a model")
     with pytest.raises(ModelNotFoundError, match="is a file"):
@@ -100,7 +100,7 @@ def test_unknown_step_in_modules_json_is_named(tmp_path, tiny_st_dir):
     entries = json.loads((folder / "modules.json").read_text())
     entries.append({"idx": 4, "name": "4", "path": "4_LSTM", "type": "sentence_transformers.models.LSTM"})
     (folder / "modules.json").write_text(json.dumps(entries))
-    with pytest.raises(ValueError, match="sentence_transformers.models.LSTM"):
+    with pytest.raises(ValueError, match=r"sentence_transformers\.models\.LSTM"):
         SentenceTransformer(folder)
 
 
@@ -108,7 +108,7 @@ def test_dense_activation_outside_torch_nn_is_refused(tmp_path, tiny_st_dir):
     folder = shutil.copytree(tiny_st_dir, tmp_path / "m")
     config_file = folder / "2_Dense" / "config.json"
     config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "activation_function": "os.system"}))
-    with pytest.raises(ValueError, match="os.system"):
+    with pytest.raises(ValueError, match=r"os\.system"):
         SentenceTransformer(folder)
 
 

@@ -54,7 +54,7 @@ def test_hand_computed():
 
 
 def test_mismatched_sizes_are_named():
-    with pytest.raises(ValueError, match="dimension 16.*has 8"):
+    with pytest.raises(ValueError, match=r"dimension 16.*has 8"):
         util.cos_sim(A, B[:, :8])
     with pytest.raises(ValueError, match=r"\(5, 16\).*\(3, 16\)"):
         util.pairwise_cos_sim(A, B)
