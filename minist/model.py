@@ -80,16 +80,17 @@ class SentenceTransformer(nn.Sequential):
 
     def __init__(self, model_name_or_path: str | Path | None = None, modules: list[nn.Module] | None = None,
                  device: str | None = None, cache_folder: str | Path | None = None):
-        self.similarity_fn_name = "cosine"
+        similarity_fn_name = None
         if model_name_or_path is not None:
             folder = resolve_model_folder(model_name_or_path, cache_folder)
             modules = load_steps(folder)
             config_file = folder / "config_sentence_transformers.json"
             if config_file.is_file():
-                self.similarity_fn_name = json.loads(config_file.read_text()).get("similarity_fn_name") or "cosine"
+                similarity_fn_name = json.loads(config_file.read_text()).get("similarity_fn_name")
         if not modules or not isinstance(modules[0], Transformer):
             raise ValueError("Give a model name or path, or modules that start with a minist Transformer.")
         super().__init__(*modules)
+        self.similarity_fn_name = similarity_fn_name or "cosine"
         self.to(device or default_device())
 
     # --- the pieces, for inspection -------------------------------------------------------------
