@@ -14,6 +14,7 @@ import json
 import logging
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -138,6 +139,8 @@ class SentenceTransformer(nn.Sequential):
         ``output_value="token_embeddings"`` gives each text's (tokens, dim) tensor instead.
         """
         single = isinstance(sentences, str)
+        if not single and not isinstance(sentences, Iterable):
+            raise TypeError(f"encode takes a string or a list of strings, not a {type(sentences).__name__}.")
         texts = [sentences] if single else list(sentences)
         for i, text in enumerate(texts):
             if not isinstance(text, str):

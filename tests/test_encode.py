@@ -93,6 +93,8 @@ def test_non_string_item_is_named_by_index(pair, bad):
 
 def test_bad_arguments_are_refused(pair):
     model, _ = pair
+    with pytest.raises(TypeError, match="a string or a list of strings"):
+        model.encode(42)
     with pytest.raises(ValueError, match="output_value"):
         model.encode(["x"], output_value="cls")
     with pytest.raises(ValueError, match="batch_size"):

@@ -104,6 +104,20 @@ def test_unknown_step_in_modules_json_is_named(tmp_path, tiny_st_dir):
         SentenceTransformer(folder)
 
 
+def test_older_dense_weights_in_pytorch_model_bin_load(tmp_path, tiny_st_dir):
+    from safetensors.torch import load_file
+
+    folder = shutil.copytree(tiny_st_dir, tmp_path / "m")
+    dense = folder / "2_Dense"
+    torch.save(load_file(dense / "model.safetensors"), dense / "pytorch_model.bin")
+    (dense / "model.safetensors").unlink()
+    np.testing.assert_array_equal(SentenceTransformer(folder, device="cpu").encode(TINY_SENTENCES),
+                                  SentenceTransformer(tiny_st_dir, device="cpu").encode(TINY_SENTENCES))
+    (dense / "pytorch_model.bin").unlink()
+    with pytest.raises(FileNotFoundError, match="No Dense weights"):
+        SentenceTransformer(folder)
+
+
 def test_dense_activation_outside_torch_nn_is_refused(tmp_path, tiny_st_dir):
     folder = shutil.copytree(tiny_st_dir, tmp_path / "m")
     config_file = folder / "2_Dense" / "config.json"
