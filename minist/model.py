@@ -139,12 +139,7 @@ class SentenceTransformer(nn.Sequential):
         ``output_value="token_embeddings"`` gives each text's (tokens, dim) tensor instead.
         """
         single = isinstance(sentences, str)
-        if not single and not isinstance(sentences, Iterable):
-            raise TypeError(f"encode takes a string or a list of strings, not a {type(sentences).__name__}.")
-        texts = [sentences] if single else list(sentences)
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"encode takes strings, but item {i} is a {type(text).__name__}: {text!r:.60}")
+        texts = _text_list(sentences)
         if output_value not in ("sentence_embedding", "token_embeddings"):
             raise ValueError(f"output_value must be 'sentence_embedding' or 'token_embeddings', not {output_value!r}.")
         if batch_size < 1:
@@ -174,8 +169,8 @@ class SentenceTransformer(nn.Sequential):
                 features = self({key: value.to(self.device) for key, value in features.items()})
                 if output_value == "token_embeddings":
                     # Each text's own rows: trailing padding dropped, as sentence-transformers does.
-                    lengths = features["attention_mask"].cumsum(dim=1).argmax(dim=1) + 1  # last real token + 1
-                    outputs = [tokens[:n] for tokens, n in zip(features["token_embeddings"], lengths, strict=True)]
+                    kept = features["attention_mask"].cumsum(dim=1).argmax(dim=1) + 1  # up to the last real token
+                    outputs = [tokens[:n] for tokens, n in zip(features["token_embeddings"], kept, strict=True)]
                 elif normalize_embeddings:
                     outputs = F.normalize(features["sentence_embedding"], p=2, dim=1)
                 else:
@@ -212,16 +207,10 @@ class SentenceTransformer(nn.Sequential):
         partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
         try:
             self._write(partial)
-            if target.exists():
-                old = partial.with_suffix(".old")
-                target.rename(old)
-                partial.rename(target)
-                shutil.rmtree(old)
-            else:
-                partial.rename(target)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
+        _move_into_place(partial, target)
 
     def _write(self, folder: Path) -> None:
         entries = []
@@ -242,6 +231,35 @@ class SentenceTransformer(nn.Sequential):
         }
         (folder / "config_sentence_transformers.json").write_text(json.dumps(config, indent=2))
         (folder / "modules.json").write_text(json.dumps(entries, indent=2))  # last: its presence marks a model
+
+
+def _text_list(sentences: str | Iterable[str]) -> list[str]:
+    """One string or an iterable of strings -> a list; anything else is a TypeError naming the culprit."""
+    if isinstance(sentences, str):
+        return [sentences]
+    if not isinstance(sentences, Iterable):
+        raise TypeError(f"encode takes a string or a list of strings, not a {type(sentences).__name__}.")
+    texts = list(sentences)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"encode takes strings, but item {i} is a {type(text).__name__}: {text!r:.60}")
+    return texts
+
+
+def _move_into_place(partial: Path, target: Path) -> None:
+    """Rename the finished folder to ``target``; an old model there is removed only once the new one stands."""
+    if not target.exists():
+        partial.rename(target)
+        return
+    old = partial.with_suffix(".old")
+    target.rename(old)
+    try:
+        partial.rename(target)
+    except BaseException:
+        old.rename(target)
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    shutil.rmtree(old)
 
 
 def _replaceable(folder: Path) -> bool:

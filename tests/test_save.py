@@ -1,6 +1,7 @@
 """save: sentence-transformers' layout, round trips with sentence-transformers, and all-or-nothing writes."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -75,3 +76,22 @@ def test_saving_over_other_files_is_refused(tmp_path, tiny_st_dir):
     with pytest.raises(FileExistsError, match="not a minist or sentence-transformers model"):
         SentenceTransformer(tiny_st_dir, device="cpu").save(tmp_path / "notes")
     assert (tmp_path / "notes" / "thesis.tex").read_text() == "precious"
+
+
+def test_a_failed_swap_puts_the_old_model_back(tmp_path, tiny_st_dir, tiny_hf_dir, monkeypatch):
+    SentenceTransformer(tiny_st_dir, device="cpu").save(tmp_path / "out")
+    before = SentenceTransformer(tmp_path / "out", device="cpu").encode(TINY_SENTENCES)
+    real_rename, calls = Path.rename, []
+
+    def rename_failing_the_second_time(self, target):  # 1: old model aside, 2: new model in place
+        calls.append(self)
+        if len(calls) == 2:
+            raise OSError("rename failed")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename_failing_the_second_time)
+    with pytest.raises(OSError, match="rename failed"):
+        SentenceTransformer(tiny_hf_dir, device="cpu").save(tmp_path / "out")
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    np.testing.assert_array_equal(SentenceTransformer(tmp_path / "out", device="cpu").encode(TINY_SENTENCES), before)
