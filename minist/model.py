@@ -30,7 +30,7 @@ from minist.dense import Dense
 from minist.hub import resolve_model_folder
 from minist.normalize import Normalize
 from minist.pooling import Pooling
-from minist.transformer import Transformer
+from minist.transformer import Backend, Transformer
 
 logger = logging.getLogger("minist")
 
@@ -55,11 +55,11 @@ def default_device() -> str:
     return "cpu"
 
 
-def load_steps(folder: Path) -> list[nn.Module]:
+def load_steps(folder: Path, backend: Backend = "hf") -> list[nn.Module]:
     """Build the steps that ``folder/modules.json`` lists; a plain Hugging Face folder gets mean pooling."""
     modules_file = folder / "modules.json"
     if not modules_file.is_file():
-        transformer = Transformer.load(folder)
+        transformer = Transformer.load(folder, backend)
         logger.warning("%s has no modules.json (not a sentence-transformers model): using mean pooling.", folder)
         return [transformer, Pooling(transformer.get_word_embedding_dimension(), "mean")]
     steps = []
@@ -67,12 +67,20 @@ def load_steps(folder: Path) -> list[nn.Module]:
         kind = entry["type"].rsplit(".", 1)[-1]
         if kind not in STEPS:
             raise ValueError(f"{modules_file} lists a {entry['type']} step; minist runs only {', '.join(STEPS)}.")
-        steps.append(Normalize() if kind == "Normalize" else STEPS[kind].load(folder / entry["path"]))
+        if kind == "Normalize":
+            steps.append(Normalize())
+        elif kind == "Transformer":
+            steps.append(Transformer.load(folder / entry["path"], backend))
+        else:
+            steps.append(STEPS[kind].load(folder / entry["path"]))
     return steps
 
 
 class SentenceTransformer(nn.Sequential):
     """Load a model by folder, Hub id or short name, or build one from ``modules``.
+
+    ``backend="minist"`` runs BERT-family models on the from-scratch ``minist.bert`` (default "hf":
+    transformers).
 
     >>> model = SentenceTransformer("all-MiniLM-L6-v2")  # doctest: +SKIP
     >>> model.encode(["A cat sleeps.", "A kitten naps."]).shape  # doctest: +SKIP
@@ -80,11 +88,11 @@ class SentenceTransformer(nn.Sequential):
     """
 
     def __init__(self, model_name_or_path: str | Path | None = None, modules: list[nn.Module] | None = None,
-                 device: str | None = None, cache_folder: str | Path | None = None):
+                 device: str | None = None, cache_folder: str | Path | None = None, backend: Backend = "hf"):
         similarity_fn_name = None
         if model_name_or_path is not None:
             folder = resolve_model_folder(model_name_or_path, cache_folder)
-            modules = load_steps(folder)
+            modules = load_steps(folder, backend)
             config_file = folder / "config_sentence_transformers.json"
             if config_file.is_file():
                 similarity_fn_name = json.loads(config_file.read_text()).get("similarity_fn_name")

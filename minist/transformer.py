@@ -4,6 +4,7 @@ A thin wrapper over a Hugging Face fast tokenizer and ``transformers.AutoModel``
 sentence-transformers' ``Transformer`` module is. Texts are cut at ``max_seq_length`` tokens,
 from the right, exactly as the tokenizer's ``truncation=True`` does.
 Left out: prompts, images and audio, ``trust_remote_code``, the ONNX and OpenVINO backends.
+With ``backend="minist"`` the model is ``minist.bert``'s from-scratch BERT (BERT-family folders only).
 """
 
 from __future__ import annotations
@@ -12,10 +13,15 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 from transformers.utils import logging as hf_logging
+
+from minist import bert
+
+Backend = Literal["hf", "minist"]
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -66,15 +72,23 @@ class Transformer(nn.Module):
         self.tokenizer.model_max_length = value
 
     @classmethod
-    def load(cls, folder: Path) -> Transformer:
-        """Load a Hugging Face model folder; ``sentence_bert_config.json``, when present, sets the options."""
+    def load(cls, folder: Path, backend: Backend = "hf") -> Transformer:
+        """Load a Hugging Face model folder; ``sentence_bert_config.json``, when present, sets the options.
+
+        ``backend="minist"`` runs the from-scratch ``minist.bert.BertModel`` instead of transformers' model.
+        """
+        if backend not in ("hf", "minist"):
+            raise ValueError(f"backend must be 'hf' (transformers) or 'minist' (minist.bert), not {backend!r}.")
         folder = Path(folder)
         check_model_folder(folder)
         options_file = folder / "sentence_bert_config.json"
         options = json.loads(options_file.read_text()) if options_file.is_file() else {}
         config = AutoConfig.from_pretrained(folder)
         with quiet_progress_bars():
-            auto_model = AutoModel.from_pretrained(folder, config=config)
+            if backend == "minist":
+                auto_model = bert.BertModel.from_pretrained(folder)
+            else:
+                auto_model = AutoModel.from_pretrained(folder, config=config)
             tokenizer = AutoTokenizer.from_pretrained(folder)
         # As in sentence-transformers: the saved max_seq_length, else the tokenizer's limit, never past
         # the model's position table.
@@ -99,7 +113,8 @@ class Transformer(nn.Module):
     def forward(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
         names = self.tokenizer.model_input_names  # e.g. RoBERTa takes no token_type_ids
         inputs = {name: features[name] for name in names if name in features}
-        features["token_embeddings"] = self.auto_model(**inputs, return_dict=True).last_hidden_state
+        outputs = self.auto_model(**inputs)  # minist.bert returns the tensor itself
+        features["token_embeddings"] = outputs if isinstance(outputs, Tensor) else outputs.last_hidden_state
         return features
 
     def get_word_embedding_dimension(self) -> int:
