@@ -84,6 +84,16 @@ def test_hand_checked_cases(tokenizers):
     assert ours.tokenize("a" * 101) == ["[UNK]"]
 
 
+def test_any_unicode_tokenizes_without_error(tokenizers):
+    ours, _ = tokenizers
+    rng = random.Random(7)
+    texts = ["".join(chr(rng.randint(0, 0x10FFFF)) for _ in range(rng.randint(0, 50))) for _ in range(2000)]
+    texts += ["\ud800 lone surrogate", "\u202eright-to-left override", "\U000e0041 tag", "\u0000 nul", "\ufeff"]
+    batch = ours(texts, padding=True, truncation=True, max_length=64)
+    assert len(batch["input_ids"]) == len(texts)
+    assert all(row[0] == ours.cls_id for row in batch["input_ids"])
+
+
 def test_bad_input(tokenizers, tmp_path):
     ours, _ = tokenizers
     with pytest.raises(TypeError, match="not a int"):
