@@ -25,7 +25,7 @@ import transformers
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from minist import __version__, util
+from minist import __version__, similarity
 from minist.dense import Dense
 from minist.hub import resolve_model_folder
 from minist.normalize import Normalize
@@ -43,7 +43,8 @@ ST_TYPES = {
     "Dense": "sentence_transformers.models.Dense",
     "Normalize": "sentence_transformers.models.Normalize",
 }
-SIMILARITY = {"cosine": util.cos_sim, "dot": util.dot_score}
+SIMILARITY = {"cosine": similarity.cos_sim, "dot": similarity.dot_score, "euclidean": similarity.euclidean_sim,
+              "manhattan": similarity.manhattan_sim}
 
 
 def default_device() -> str:
@@ -129,7 +130,7 @@ class SentenceTransformer(nn.Sequential):
                     if hasattr(step, "get_sentence_embedding_dimension"))
 
     def similarity(self, a, b) -> Tensor:
-        """The model's similarity function (cosine unless its config says ``dot``): (n, dim), (m, dim) -> (n, m)."""
+        """The model's similarity function (cosine unless its config names another): (n, dim), (m, dim) -> (n, m)."""
         if self.similarity_fn_name not in SIMILARITY:
             name = self.similarity_fn_name
             raise ValueError(f"Unsupported similarity_fn_name {name!r}; minist has {', '.join(SIMILARITY)}.")

@@ -1,79 +1,35 @@
-"""Similarity between embeddings: cosine and dot product, as matrices or pair by pair.
+"""``minist.util``: the helpers that sentence-transformers keeps in ``sentence_transformers.util``.
 
-Each function takes numpy arrays, (nested) lists or tensors, a 1-D input counting as one row,
-and returns a float tensor, as sentence-transformers' ``util`` does. Half-precision inputs are
-computed in float32 so that nearby scores do not round into ties.
-Left out (for now): sparse tensors, euclidean and manhattan similarity, semantic search.
+Only re-exports, so that snippets written for sentence-transformers (``util.cos_sim``,
+``util.semantic_search``, ...) run unchanged. Each function lives in the module of its concept.
 """
 
-from __future__ import annotations
+from minist.clustering import community_detection
+from minist.search import paraphrase_mining, paraphrase_mining_embeddings, semantic_search
+from minist.similarity import (
+    cos_sim,
+    dot_score,
+    euclidean_sim,
+    manhattan_sim,
+    normalize_embeddings,
+    pairwise_cos_sim,
+    pairwise_dot_score,
+    pairwise_euclidean_sim,
+    pairwise_manhattan_sim,
+)
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import Tensor
-
-ArrayLike = list | np.ndarray | Tensor
-
-
-def to_tensor(a: ArrayLike) -> Tensor:
-    """Any array-like -> a float tensor (float32 unless it was float64); lists of rows are stacked."""
-    if isinstance(a, list) and a and all(isinstance(x, (Tensor, np.ndarray)) for x in a):
-        a = torch.stack([torch.as_tensor(x) for x in a])
-    a = torch.as_tensor(a)
-    if not torch.is_floating_point(a) or torch.finfo(a.dtype).bits < 32:
-        a = a.float()
-    return a
-
-
-def _as_batches(a: ArrayLike, b: ArrayLike) -> tuple[Tensor, Tensor]:
-    a, b = to_tensor(a), to_tensor(b)
-    a = a.unsqueeze(0) if a.dim() == 1 else a  # one vector -> a batch of one
-    b = b.unsqueeze(0) if b.dim() == 1 else b
-    if a.shape[-1] != b.shape[-1]:
-        raise ValueError(f"Embeddings of different sizes: a has dimension {a.shape[-1]}, b has {b.shape[-1]}.")
-    return a, b
-
-
-def normalize_embeddings(embeddings: ArrayLike) -> Tensor:
-    """Scale each row to unit L2 length; a zero row stays zero."""
-    return F.normalize(to_tensor(embeddings), p=2, dim=-1)
-
-
-def dot_score(a: ArrayLike, b: ArrayLike) -> Tensor:
-    """(n, dim), (m, dim) -> (n, m) with ``[i, j] = a[i] . b[j]``.
-
-    >>> dot_score([[1.0, 2.0]], [[3.0, 4.0], [1.0, 0.0]])
-    tensor([[11.,  1.]])
-    """
-    a, b = _as_batches(a, b)
-    return a @ b.T
-
-
-def cos_sim(a: ArrayLike, b: ArrayLike) -> Tensor:
-    """(n, dim), (m, dim) -> (n, m) with ``[i, j] = cos(a[i], b[j])``: the dot product of unit vectors.
-
-    >>> cos_sim([1.0, 0.0], [[2.0, 0.0], [0.0, 5.0]])
-    tensor([[1., 0.]])
-    """
-    a, b = _as_batches(a, b)
-    return dot_score(normalize_embeddings(a), normalize_embeddings(b))
-
-
-def _as_pairs(a: ArrayLike, b: ArrayLike) -> tuple[Tensor, Tensor]:
-    a, b = to_tensor(a), to_tensor(b)
-    if a.shape != b.shape:
-        raise ValueError(f"Pairwise scores need equal shapes; a is {tuple(a.shape)}, b is {tuple(b.shape)}.")
-    return a, b
-
-
-def pairwise_dot_score(a: ArrayLike, b: ArrayLike) -> Tensor:
-    """(n, dim), (n, dim) -> (n,) with ``[i] = a[i] . b[i]``."""
-    a, b = _as_pairs(a, b)
-    return (a * b).sum(dim=-1)
-
-
-def pairwise_cos_sim(a: ArrayLike, b: ArrayLike) -> Tensor:
-    """(n, dim), (n, dim) -> (n,) with ``[i] = cos(a[i], b[i])``."""
-    a, b = _as_pairs(a, b)
-    return pairwise_dot_score(normalize_embeddings(a), normalize_embeddings(b))
+__all__ = [
+    "community_detection",
+    "cos_sim",
+    "dot_score",
+    "euclidean_sim",
+    "manhattan_sim",
+    "normalize_embeddings",
+    "pairwise_cos_sim",
+    "pairwise_dot_score",
+    "pairwise_euclidean_sim",
+    "pairwise_manhattan_sim",
+    "paraphrase_mining",
+    "paraphrase_mining_embeddings",
+    "semantic_search",
+]

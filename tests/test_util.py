@@ -10,7 +10,7 @@ from minist import util
 rng = np.random.default_rng(0)
 A = rng.normal(size=(5, 16)).astype(np.float32)
 B = rng.normal(size=(3, 16)).astype(np.float32)
-FUNCTIONS = ["cos_sim", "dot_score"]
+FUNCTIONS = ["cos_sim", "dot_score", "euclidean_sim", "manhattan_sim"]
 
 
 def as_kind(array, kind):
@@ -28,7 +28,8 @@ def test_matrix_scores_match_sentence_transformers(name, kind):
 
 
 @pytest.mark.parametrize("kind", ["numpy", "tensor", "list"])
-@pytest.mark.parametrize("name", ["pairwise_cos_sim", "pairwise_dot_score"])
+@pytest.mark.parametrize("name", ["pairwise_cos_sim", "pairwise_dot_score", "pairwise_euclidean_sim",
+                                  "pairwise_manhattan_sim"])
 def test_pairwise_scores_match_sentence_transformers(name, kind):
     ours = getattr(util, name)(as_kind(A[:3], kind), as_kind(B, kind))
     torch.testing.assert_close(ours, getattr(st_util, name)(as_kind(A[:3], kind), as_kind(B, kind)))
@@ -50,6 +51,9 @@ def test_normalize_embeddings_gives_unit_rows_and_keeps_zero_rows():
 
 def test_hand_computed():
     assert util.dot_score([[1.0, 2.0]], [[3.0, 4.0]]).item() == 11.0
+    assert util.euclidean_sim([0.0, 0.0], [[3.0, 4.0]]).item() == -5.0
+    assert util.manhattan_sim([0.0, 0.0], [[3.0, -4.0]]).item() == -7.0
+    assert util.pairwise_euclidean_sim([[1.0, 1.0]], [[4.0, 5.0]]).tolist() == [-5.0]
     assert util.cos_sim([1.0, 0.0], [[0.0, 3.0], [-2.0, 0.0]]).tolist() == [[0.0, -1.0]]
 
 

@@ -1,0 +1,97 @@
+"""Exact semantic search and paraphrase mining over embeddings, in memory-bounded chunks.
+
+``semantic_search`` ranks a corpus for each query: it scores query chunks against corpus chunks
+(so a large corpus never needs one huge score matrix), keeps a running top-k per query, and returns,
+per query, a score-sorted list of ``{"corpus_id", "score"}``, as sentence-transformers does.
+``paraphrase_mining`` searches a list against itself and returns the most similar distinct pairs.
+Left out: approximate search (see ``minist.ann``) and sparse embeddings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from minist.similarity import ArrayLike, cos_sim, dot_score, normalize_embeddings, to_tensor
+
+ScoreFunction = Callable[[Tensor, Tensor], Tensor]
+
+
+def as_matrix(embeddings: ArrayLike, name: str) -> Tensor:
+    """Any array-like -> a float (n, dim) tensor; NaN or infinity is refused, naming ``name``."""
+    matrix = to_tensor(embeddings)
+    matrix = matrix.unsqueeze(0) if matrix.dim() == 1 else matrix
+    if matrix.dim() != 2:
+        raise ValueError(f"{name} must be one vector or a (n, dim) matrix, not shape {tuple(matrix.shape)}.")
+    if not torch.isfinite(matrix).all():
+        raise ValueError(f"{name} contain NaN or infinite values; check how they were made.")
+    return matrix
+
+
+def semantic_search(query_embeddings: ArrayLike, corpus_embeddings: ArrayLike, query_chunk_size: int = 100,
+                    corpus_chunk_size: int = 500000, top_k: int = 10,
+                    score_function: ScoreFunction = cos_sim) -> list[list[dict]]:
+    """For each query, the ``top_k`` best corpus entries: ``[[{"corpus_id": 3, "score": 0.82}, ...], ...]``.
+
+    A ``top_k`` above the corpus size returns the whole corpus, sorted; an empty corpus, empty lists.
+    """
+    queries = as_matrix(query_embeddings, "query_embeddings")
+    corpus = as_matrix(corpus_embeddings, "corpus_embeddings") if len(corpus_embeddings) else None
+    if corpus is None or top_k < 1:
+        return [[] for _ in range(len(queries))]
+    if queries.shape[1] != corpus.shape[1]:
+        raise ValueError(f"query_embeddings have dimension {queries.shape[1]} but corpus_embeddings have "
+                         f"{corpus.shape[1]}: were they made by the same model?")
+    queries = queries.to(corpus.device)
+    cosine = score_function is cos_sim  # then normalize each side once, and score with a dot product
+    if cosine:
+        queries, score_function = normalize_embeddings(queries), dot_score
+    k = min(top_k, len(corpus))
+    best_scores = torch.full((len(queries), k), -torch.inf, device=corpus.device)  # running top-k per query
+    best_ids = torch.zeros((len(queries), k), dtype=torch.long, device=corpus.device)
+    for c_start in range(0, len(corpus), corpus_chunk_size):
+        chunk = corpus[c_start:c_start + corpus_chunk_size]
+        chunk = normalize_embeddings(chunk) if cosine else chunk
+        for q_start in range(0, len(queries), query_chunk_size):
+            rows = slice(q_start, q_start + query_chunk_size)
+            scores, ids = score_function(queries[rows], chunk).topk(min(k, len(chunk)), dim=1)
+            # Merge this chunk's best with the best so far, and keep the k best of both.
+            scores = torch.cat([best_scores[rows], scores], dim=1)
+            ids = torch.cat([best_ids[rows], ids + c_start], dim=1)
+            best_scores[rows], top = scores.topk(k, dim=1)
+            best_ids[rows] = ids.gather(1, top)
+    return [[{"corpus_id": i, "score": s} for i, s in zip(ids, scores, strict=True)]
+            for ids, scores in zip(best_ids.tolist(), best_scores.tolist(), strict=True)]
+
+
+def paraphrase_mining_embeddings(embeddings: ArrayLike, query_chunk_size: int = 5000,
+                                 corpus_chunk_size: int = 100000, max_pairs: int = 500000, top_k: int = 100,
+                                 score_function: ScoreFunction = cos_sim) -> list[list]:
+    """The most similar pairs within one set: ``[[score, i, j], ...]`` with i < j, best first.
+
+    Each item contributes its ``top_k`` nearest others; a pair found from both sides counts once.
+    Pairs with exactly equal scores come in (i, j) order.
+    """
+    matrix = as_matrix(embeddings, "embeddings") if len(embeddings) else None
+    if matrix is None or len(matrix) < 2:
+        return []
+    # Every item searches the whole set; top_k + 1 because each item finds itself too.
+    hits = semantic_search(matrix, matrix, query_chunk_size, corpus_chunk_size, top_k + 1, score_function)
+    pairs: dict[tuple[int, int], float] = {}
+    for i, row in enumerate(hits):
+        for hit in [h for h in row if h["corpus_id"] != i][:top_k]:
+            pairs.setdefault((min(i, hit["corpus_id"]), max(i, hit["corpus_id"])), hit["score"])
+    best = sorted(pairs.items(), key=lambda item: (-item[1], item[0]))[:max_pairs]
+    return [[score, i, j] for (i, j), score in best]
+
+
+def paraphrase_mining(model, sentences: list[str], show_progress_bar: bool = False, batch_size: int = 32,
+                      query_chunk_size: int = 5000, corpus_chunk_size: int = 100000, max_pairs: int = 500000,
+                      top_k: int = 100, score_function: ScoreFunction = cos_sim) -> list[list]:
+    """Encode ``sentences`` with ``model``, then ``paraphrase_mining_embeddings``: ``[[score, i, j], ...]``."""
+    embeddings = model.encode(sentences, batch_size=batch_size, show_progress_bar=show_progress_bar,
+                              convert_to_tensor=True)
+    return paraphrase_mining_embeddings(embeddings, query_chunk_size, corpus_chunk_size, max_pairs, top_k,
+                                        score_function)
