@@ -100,6 +100,7 @@ class SentenceTransformer(nn.Sequential):
         if not modules or not isinstance(modules[0], Transformer):
             raise ValueError("Give a model name or path, or modules that start with a minist Transformer.")
         super().__init__(*modules)
+        self.name_or_path = None if model_name_or_path is None else str(model_name_or_path)
         self.similarity_fn_name = similarity_fn_name or "cosine"
         self.to(device or default_device())
 
