@@ -14,18 +14,21 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from minist.similarity import ArrayLike, cos_sim, dot_score, normalize_embeddings, to_tensor
+from minist.similarity import ArrayLike, as_tensor, cos_sim, dot_score, normalize_embeddings
 
 ScoreFunction = Callable[[Tensor, Tensor], Tensor]
 
 
 def as_matrix(embeddings: ArrayLike, name: str) -> Tensor:
-    """Any array-like -> a float (n, dim) tensor; NaN or infinity is refused, naming ``name``."""
-    matrix = to_tensor(embeddings)
+    """Any array-like -> a (n, dim) tensor, not copied; NaN or infinity is refused, naming ``name``.
+
+    The dtype is kept (an int8 corpus stays int8): the scoring functions convert chunk by chunk.
+    """
+    matrix = as_tensor(embeddings)
     matrix = matrix.unsqueeze(0) if matrix.dim() == 1 else matrix
     if matrix.dim() != 2:
         raise ValueError(f"{name} must be one vector or a (n, dim) matrix, not shape {tuple(matrix.shape)}.")
-    if not torch.isfinite(matrix).all():
+    if matrix.is_floating_point() and not torch.isfinite(matrix).all():
         raise ValueError(f"{name} contain NaN or infinite values; check how they were made.")
     return matrix
 

@@ -18,11 +18,16 @@ from torch import Tensor
 ArrayLike = list | np.ndarray | Tensor
 
 
-def to_tensor(a: ArrayLike) -> Tensor:
-    """Any array-like -> a float tensor (float32 unless it was float64); lists of rows are stacked."""
+def as_tensor(a: ArrayLike) -> Tensor:
+    """Any array-like -> a tensor of the same dtype, sharing memory where it can; lists of rows are stacked."""
     if isinstance(a, list) and a and all(isinstance(x, (Tensor, np.ndarray)) for x in a):
-        a = torch.stack([torch.as_tensor(x) for x in a])
-    a = torch.as_tensor(a)
+        return torch.stack([torch.as_tensor(x) for x in a])
+    return torch.as_tensor(a)
+
+
+def to_tensor(a: ArrayLike) -> Tensor:
+    """Any array-like -> a float tensor (float32 unless it was float64)."""
+    a = as_tensor(a)
     if not torch.is_floating_point(a) or torch.finfo(a.dtype).bits < 32:
         a = a.float()
     return a
