@@ -27,7 +27,7 @@ from minist.quantization import (
     quantize_embeddings,
     unpack_binary,
 )
-from minist.search import as_matrix, semantic_search
+from minist.search import as_matrix, check_finite, semantic_search
 from minist.similarity import dot_score, normalize_embeddings
 
 
@@ -47,7 +47,9 @@ class VectorIndex:
         if precision not in ("float32", "int8", "binary") or method not in ("exact", "hnsw"):
             raise ValueError(f"precision must be float32, int8 or binary and method exact or hnsw; "
                              f"got {precision!r}, {method!r}.")
-        unit = normalize_embeddings(as_matrix(corpus_embeddings, "corpus_embeddings")).numpy()
+        corpus = as_matrix(corpus_embeddings, "corpus_embeddings")
+        check_finite(corpus, "corpus_embeddings")
+        unit = normalize_embeddings(corpus).numpy()
         self.precision, self.method, self.dimension = precision, method, unit.shape[1]
         self.ranges = quantization_ranges(unit) if precision == "int8" and ranges is None else ranges
         self.vectors = quantize_embeddings(unit, precision, self.ranges)  # what the index keeps

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from minist.search import as_matrix
+from minist.search import as_matrix, check_finite
 from minist.similarity import ArrayLike, normalize_embeddings
 
 
@@ -26,7 +26,9 @@ def community_detection(embeddings: ArrayLike, threshold: float = 0.75, min_comm
     """
     if len(embeddings) == 0:
         return []
-    unit = normalize_embeddings(as_matrix(embeddings, "embeddings"))
+    matrix = as_matrix(embeddings, "embeddings")
+    check_finite(matrix, "embeddings")
+    unit = normalize_embeddings(matrix)
     if len(unit) < min_community_size:
         return []
     threshold = torch.tensor(threshold, dtype=unit.dtype)  # compare in the embeddings' precision

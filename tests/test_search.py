@@ -116,3 +116,18 @@ def test_community_detection_on_planted_clusters():
     assert ours == st_util.community_detection(points, threshold=0.8, min_community_size=5)
     assert util.community_detection(points[:3], min_community_size=5) == []
     assert util.community_detection(np.zeros((0, 8))) == []
+
+
+@pytest.mark.parametrize(("query_chunk", "corpus_chunk"), [(7, 13), (100, 500000), (1, 5000)])
+def test_no_score_matrix_exceeds_the_chunk_bound(query_chunk, corpus_chunk):
+    generator = torch.Generator().manual_seed(2)
+    queries, corpus = torch.randn(300, 8, generator=generator), torch.randn(9000, 8, generator=generator)
+    shapes = []
+
+    def recording_dot(a, b):
+        shapes.append((len(a), len(b)))
+        return util.dot_score(a, b)
+
+    hits = util.semantic_search(queries, corpus, query_chunk, corpus_chunk, top_k=5, score_function=recording_dot)
+    assert max(rows * cols for rows, cols in shapes) <= query_chunk * corpus_chunk
+    assert_same_hits(hits, st_util.semantic_search(queries, corpus, top_k=5, score_function=st_util.dot_score))
