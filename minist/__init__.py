@@ -1,11 +1,13 @@
 """minist: sentence embeddings from text to pooled vector, in small readable steps.
 
-The familiar API of sentence-transformers: ``SentenceTransformer``, ``util.cos_sim``, ...
+The familiar API of sentence-transformers: ``SentenceTransformer``, ``util.cos_sim``, ``InputExample``,
+``losses``, ``evaluation``, ...
 """
 
 __version__ = "0.1.0"
 
-from minist import util
+from minist import evaluation, losses, util
 from minist.model import SentenceTransformer
+from minist.training import InputExample
 
-__all__ = ["SentenceTransformer", "__version__", "util"]
+__all__ = ["InputExample", "SentenceTransformer", "__version__", "evaluation", "losses", "util"]

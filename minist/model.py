@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
@@ -30,6 +28,8 @@ from minist.dense import Dense
 from minist.hub import resolve_model_folder
 from minist.normalize import Normalize
 from minist.pooling import Pooling
+from minist.saving import save_folder, write_modules_json
+from minist.training import fit
 from minist.transformer import Backend, Transformer
 
 logger = logging.getLogger("minist")
@@ -137,6 +137,8 @@ class SentenceTransformer(nn.Sequential):
             raise ValueError(f"Unsupported similarity_fn_name {name!r}; minist has {', '.join(SIMILARITY)}.")
         return SIMILARITY[self.similarity_fn_name](a, b)
 
+    fit = fit  # model.fit(train_objectives=[(dataloader, loss)], ...): see minist.training
+
     # --- encode ------------------------------------------------------------------------------------
     def encode(self, sentences: str | list[str], batch_size: int = 32, show_progress_bar: bool | None = None,
                output_value: Literal["sentence_embedding", "token_embeddings"] = "sentence_embedding",
@@ -203,34 +205,18 @@ class SentenceTransformer(nn.Sequential):
 
     # --- save --------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
-        """Write the model in sentence-transformers' layout, all or nothing.
-
-        Files go to a hidden folder beside ``path`` that is renamed into place only when complete, so a
-        save that fails leaves no half-written model. An existing model at ``path`` is replaced; a
-        folder holding anything else is refused rather than overwritten.
-        """
-        target = Path(path)
-        if target.exists() and not (target.is_dir() and _replaceable(target)):
-            raise FileExistsError(f"{target} exists and is not a minist or sentence-transformers model; "
-                                  "save into a new or empty folder.")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
-        try:
-            self._write(partial)
-        except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise
-        _move_into_place(partial, target)
+        """Write the model in sentence-transformers' layout, all or nothing (see ``minist.saving``)."""
+        save_folder(self._write, path)
 
     def _write(self, folder: Path) -> None:
-        entries = []
+        steps = []
         for idx, step in enumerate(self):
             kind = type(step).__name__
             path = "" if idx == 0 else f"{idx}_{kind}"
             (folder / path).mkdir(exist_ok=True)
             if not isinstance(step, Normalize):
                 step.save(folder / path)
-            entries.append({"idx": idx, "name": str(idx), "path": path, "type": ST_TYPES[kind]})
+            steps.append((path, ST_TYPES[kind]))
         config = {
             "__version__": {
                 "minist": __version__, "transformers": transformers.__version__, "pytorch": torch.__version__,
@@ -240,7 +226,7 @@ class SentenceTransformer(nn.Sequential):
             "similarity_fn_name": self.similarity_fn_name,
         }
         (folder / "config_sentence_transformers.json").write_text(json.dumps(config, indent=2))
-        (folder / "modules.json").write_text(json.dumps(entries, indent=2))  # last: its presence marks a model
+        write_modules_json(folder, steps)
 
 
 def _text_list(sentences: str | Iterable[str]) -> list[str]:
@@ -254,24 +240,3 @@ def _text_list(sentences: str | Iterable[str]) -> list[str]:
         if not isinstance(text, str):
             raise TypeError(f"encode takes strings, but item {i} is a {type(text).__name__}: {text!r:.60}")
     return texts
-
-
-def _move_into_place(partial: Path, target: Path) -> None:
-    """Rename the finished folder to ``target``; an old model there is removed only once the new one stands."""
-    if not target.exists():
-        partial.rename(target)
-        return
-    old = partial.with_suffix(".old")
-    target.rename(old)
-    try:
-        partial.rename(target)
-    except BaseException:
-        old.rename(target)
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    shutil.rmtree(old)
-
-
-def _replaceable(folder: Path) -> bool:
-    """An empty folder or a saved model (which ``save`` may replace whole)."""
-    return not any(folder.iterdir()) or (folder / "modules.json").is_file()

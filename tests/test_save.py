@@ -70,12 +70,19 @@ def test_saving_over_a_model_replaces_it(tmp_path, tiny_st_dir, tiny_hf_dir):
                                   plain.encode(TINY_SENTENCES))
 
 
-def test_saving_over_other_files_is_refused(tmp_path, tiny_st_dir):
-    (tmp_path / "notes").mkdir()
-    (tmp_path / "notes" / "thesis.tex").write_text("precious")
-    with pytest.raises(FileExistsError, match="not a minist or sentence-transformers model"):
-        SentenceTransformer(tiny_st_dir, device="cpu").save(tmp_path / "notes")
-    assert (tmp_path / "notes" / "thesis.tex").read_text() == "precious"
+def test_saving_keeps_the_other_files_of_the_folder(tmp_path, tiny_st_dir, tiny_hf_dir):
+    (tmp_path / "out" / "eval").mkdir(parents=True)
+    (tmp_path / "out" / "eval" / "results.csv").write_text("epoch,score")
+    (tmp_path / "out" / "notes.txt").write_text("precious")
+    SentenceTransformer(tiny_st_dir, device="cpu").save(tmp_path / "out")
+    SentenceTransformer(tiny_hf_dir, device="cpu").save(tmp_path / "out")  # over a model: its files go
+    assert (tmp_path / "out" / "notes.txt").read_text() == "precious"
+    assert (tmp_path / "out" / "eval" / "results.csv").read_text() == "epoch,score"
+    assert not (tmp_path / "out" / "2_Dense").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileExistsError, match="is a file"):
+        SentenceTransformer(tiny_st_dir, device="cpu").save(tmp_path / "file")
 
 
 def test_a_failed_swap_puts_the_old_model_back(tmp_path, tiny_st_dir, tiny_hf_dir, monkeypatch):

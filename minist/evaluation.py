@@ -1,0 +1,174 @@
+"""Evaluators: score a model on held-out data, alone or during ``fit``; the results equal sentence-transformers'.
+
+- ``EmbeddingSimilarityEvaluator``: pairs of texts with human similarity scores; how well do the model's
+  similarities rank the pairs like the humans did? Pearson (linear) and Spearman (rank) correlation.
+- ``InformationRetrievalEvaluator``: queries, a corpus and the relevant documents of each query; how high
+  do the relevant documents rank? accuracy@k, precision@k, recall@k, MRR@k, NDCG@k and MAP@k.
+
+Calling an evaluator returns a dict of metrics named as in sentence-transformers (``spearman_cosine``,
+``cosine_ndcg@10``; prefixed with ``name_`` when a name is given), and sets ``primary_metric``.
+Left out: prompts, quantized precisions, the other evaluators.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import pearsonr, spearmanr
+
+from minist.search import semantic_search
+from minist.similarity import (
+    cos_sim,
+    dot_score,
+    euclidean_sim,
+    manhattan_sim,
+    pairwise_cos_sim,
+    pairwise_dot_score,
+    pairwise_euclidean_sim,
+    pairwise_manhattan_sim,
+)
+
+PAIRWISE = {"cosine": pairwise_cos_sim, "euclidean": pairwise_euclidean_sim, "manhattan": pairwise_manhattan_sim,
+            "dot": pairwise_dot_score}
+MATRIX = {"cosine": cos_sim, "euclidean": euclidean_sim, "manhattan": manhattan_sim, "dot": dot_score}
+
+
+class Evaluator:
+    """Shared by both evaluators: the name prefix and the optional CSV log."""
+
+    name: str
+    csv_file: str
+    primary_metric: str
+
+    def _finish(self, metrics: dict[str, float], primary: str, output_path, epoch: int, steps: int) -> dict:
+        prefix = f"{self.name}_" if self.name else ""
+        metrics = {f"{prefix}{key}": float(value) for key, value in metrics.items()}
+        self.primary_metric = prefix + primary
+        if output_path is not None and self.write_csv:
+            path = Path(output_path) / self.csv_file
+            path.parent.mkdir(parents=True, exist_ok=True)
+            new = not path.is_file()
+            with open(path, "a", newline="", encoding="utf-8") as f:
+                writer = csv.writer(f)
+                if new:
+                    writer.writerow(["epoch", "steps", *metrics])
+                writer.writerow([epoch, steps, *metrics.values()])
+        return metrics
+
+
+class EmbeddingSimilarityEvaluator(Evaluator):
+    """Correlation between the model's similarity of each pair and its gold score.
+
+    >>> evaluator = EmbeddingSimilarityEvaluator(["A cat."], ["A dog."], [0.4])  # doctest: +SKIP
+    >>> evaluator(model)["spearman_cosine"]  # doctest: +SKIP
+    """
+
+    def __init__(self, sentences1: list[str], sentences2: list[str], scores: list[float], batch_size: int = 16,
+                 main_similarity: str | None = None, similarity_fn_names: list[str] | None = None, name: str = "",
+                 show_progress_bar: bool = False, write_csv: bool = True):
+        if not len(sentences1) == len(sentences2) == len(scores):
+            raise ValueError(f"sentences1, sentences2 and scores differ in length: "
+                             f"{len(sentences1)}, {len(sentences2)}, {len(scores)}.")
+        unknown = {main_similarity, *(similarity_fn_names or [])} - {None, *PAIRWISE}
+        if unknown:
+            raise ValueError(f"Unknown similarity {sorted(unknown)}; choose from {', '.join(PAIRWISE)}.")
+        self.sentences1, self.sentences2, self.scores = sentences1, sentences2, scores
+        self.batch_size, self.show_progress_bar, self.write_csv = batch_size, show_progress_bar, write_csv
+        self.main_similarity, self.name = main_similarity, name
+        self.similarity_fn_names = similarity_fn_names or ([main_similarity] if main_similarity else [])
+        self.csv_file = f"similarity_evaluation{'_' + name if name else ''}_results.csv"
+
+    @classmethod
+    def from_input_examples(cls, examples, **kwargs) -> EmbeddingSimilarityEvaluator:
+        return cls([e.texts[0] for e in examples], [e.texts[1] for e in examples], [e.label for e in examples],
+                   **kwargs)
+
+    def __call__(self, model, output_path=None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
+        names = self.similarity_fn_names or [model.similarity_fn_name]  # as sentence-transformers: the model's own
+        encode = dict(batch_size=self.batch_size, show_progress_bar=self.show_progress_bar, convert_to_tensor=True)
+        a, b = model.encode(self.sentences1, **encode), model.encode(self.sentences2, **encode)
+        metrics = {}
+        for fn in names:
+            similarities = PAIRWISE[fn](a, b).cpu().numpy()
+            metrics[f"pearson_{fn}"] = pearsonr(self.scores, similarities).statistic
+            metrics[f"spearman_{fn}"] = spearmanr(self.scores, similarities).statistic
+        if len(names) > 1:
+            metrics["pearson_max"] = max(metrics[f"pearson_{fn}"] for fn in names)
+            metrics["spearman_max"] = max(metrics[f"spearman_{fn}"] for fn in names)
+        primary = f"spearman_{self.main_similarity}" if self.main_similarity else (
+            "spearman_max" if len(names) > 1 else f"spearman_{names[0]}")
+        return self._finish(metrics, primary, output_path, epoch, steps)
+
+
+def dcg_at_k(relevances: list[int], k: int) -> float:
+    """Discounted cumulative gain: sum of relevance_i / log2(i + 2) over the first k ranks."""
+    return sum(relevance / math.log2(rank + 2) for rank, relevance in enumerate(relevances[:k]))
+
+
+def retrieval_metrics(ranked: list[list[str]], relevant: list[set[str]], accuracy_at_k, precision_recall_at_k,
+                      mrr_at_k, ndcg_at_k, map_at_k) -> dict[str, float]:
+    """Per-query ranked ids and relevant ids -> the mean of each metric, keyed like ``accuracy@1``."""
+    per_query: dict[str, list[float]] = {}
+
+    def add(name: str, value: float) -> None:
+        per_query.setdefault(name, []).append(value)
+
+    for ranking, wanted in zip(ranked, relevant, strict=True):
+        hits = [doc in wanted for doc in ranking]  # True where the document at that rank is relevant
+        first = hits.index(True) if True in hits else math.inf
+        for k in accuracy_at_k:
+            add(f"accuracy@{k}", float(first < k))
+        for k in precision_recall_at_k:
+            add(f"precision@{k}", sum(hits[:k]) / k)
+            add(f"recall@{k}", sum(hits[:k]) / len(wanted))
+        for k in mrr_at_k:
+            add(f"mrr@{k}", 1 / (first + 1) if first < k else 0.0)
+        for k in ndcg_at_k:
+            add(f"ndcg@{k}", dcg_at_k([int(h) for h in hits], k) / dcg_at_k([1] * len(wanted), k))
+        for k in map_at_k:
+            precisions = [sum(hits[: rank + 1]) / (rank + 1) for rank in range(min(k, len(hits))) if hits[rank]]
+            add(f"map@{k}", sum(precisions) / min(k, len(wanted)))
+    return {name: float(np.mean(values)) for name, values in per_query.items()}
+
+
+class InformationRetrievalEvaluator(Evaluator):
+    """How high each query's relevant documents rank when the corpus is searched with the model."""
+
+    def __init__(self, queries: dict[str, str], corpus: dict[str, str], relevant_docs: dict[str, set[str]],
+                 corpus_chunk_size: int = 50000, mrr_at_k: list[int] = (10,), ndcg_at_k: list[int] = (10,),
+                 accuracy_at_k: list[int] = (1, 3, 5, 10), precision_recall_at_k: list[int] = (1, 3, 5, 10),
+                 map_at_k: list[int] = (100,), show_progress_bar: bool = False, batch_size: int = 32, name: str = "",
+                 write_csv: bool = True, score_functions: dict | None = None, main_score_function: str | None = None):
+        self.query_ids = [qid for qid in queries if relevant_docs.get(qid)]  # queries with something to find
+        self.queries = [queries[qid] for qid in self.query_ids]
+        self.corpus_ids, self.corpus = list(corpus), list(corpus.values())
+        self.relevant_docs = relevant_docs
+        self.ks = dict(accuracy_at_k=accuracy_at_k, precision_recall_at_k=precision_recall_at_k, mrr_at_k=mrr_at_k,
+                       ndcg_at_k=ndcg_at_k, map_at_k=map_at_k)
+        self.corpus_chunk_size, self.batch_size = corpus_chunk_size, batch_size
+        self.show_progress_bar = show_progress_bar
+        self.name, self.write_csv, self.score_functions = name, write_csv, score_functions
+        self.main_score_function = main_score_function
+        self.csv_file = f"Information-Retrieval_evaluation{'_' + name if name else ''}_results.csv"
+
+    def __call__(self, model, output_path=None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
+        functions = self.score_functions or {model.similarity_fn_name: MATRIX[model.similarity_fn_name]}
+        encode = dict(batch_size=self.batch_size, show_progress_bar=self.show_progress_bar, convert_to_tensor=True)
+        queries, corpus = model.encode(self.queries, **encode), model.encode(self.corpus, **encode)
+        depth = max(max(ks) for ks in self.ks.values())
+        metrics = {}
+        for fn_name, function in sorted(functions.items()):
+            hits = semantic_search(queries, corpus, corpus_chunk_size=self.corpus_chunk_size, top_k=depth,
+                                   score_function=function)
+            # Equal scores rank by corpus position, as in sentence-transformers.
+            ranked = [[self.corpus_ids[h["corpus_id"]] for h in sorted(row, key=lambda h: (-h["score"],
+                                                                                           h["corpus_id"]))]
+                      for row in hits]
+            scores = retrieval_metrics(ranked, [set(self.relevant_docs[q]) for q in self.query_ids], **self.ks)
+            metrics |= {f"{fn_name}_{key}": value for key, value in scores.items()}
+        ndcg = f"ndcg@{max(self.ks['ndcg_at_k'])}"
+        best = self.main_score_function or max(functions, key=lambda fn: metrics[f"{fn}_{ndcg}"])
+        return self._finish(metrics, f"{best}_{ndcg}", output_path, epoch, steps)

@@ -1,0 +1,156 @@
+"""Training losses: what fine-tuning minimizes. Each is an ``nn.Module`` built with the model.
+
+Called as ``loss(features, labels)``, where ``features`` holds one ``model.tokenize`` batch per text
+column, as in sentence-transformers; the math lives in a plain function on embeddings, which tests
+and learners can call on fixed tensors. Every loss says, in the same template:
+inputs (the text columns and labels it takes) / formula (in one line) / reference.
+Left out: cached (GradCache) variants, multi-GPU gathering, and the less common losses.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from minist.similarity import cos_sim, pairwise_cos_sim
+
+
+def cosine_similarity_loss(a: Tensor, b: Tensor, labels: Tensor) -> Tensor:
+    """mean((cos(a_i, b_i) - label_i)^2)."""
+    return F.mse_loss(F.cosine_similarity(a, b), labels.float().view(-1))
+
+
+def cosent_loss(a: Tensor, b: Tensor, labels: Tensor, scale: float = 20.0) -> Tensor:
+    """log(1 + sum over pairs with label_i > label_j of exp(scale * (cos_j - cos_i)))."""
+    scores = pairwise_cos_sim(a, b) * scale
+    labels = labels.view(-1)
+    # (i, j) is "wrongly ordered" when pair i should score higher than pair j; penalize cos_j - cos_i.
+    differences = scores[None, :] - scores[:, None]  # [i, j] = s_j - s_i
+    differences = differences.masked_fill(~(labels[:, None] > labels[None, :]), -torch.inf)
+    return torch.logsumexp(torch.cat([differences.new_zeros(1), differences.view(-1)]), dim=0)
+
+
+def multiple_negatives_ranking_loss(anchors: Tensor, positives: Tensor, *negatives: Tensor,
+                                    scale: float = 20.0) -> Tensor:
+    """mean_i -log softmax_j(scale * cos(anchor_i, candidate_j))[i]; the candidates: every positive and negative."""
+    candidates = torch.cat([positives, *negatives])  # (batch * (1 + negative columns), dim)
+    scores = cos_sim(anchors, candidates) * scale  # (batch, candidates); anchor i's positive is column i
+    return F.cross_entropy(scores, torch.arange(len(anchors), device=scores.device))
+
+
+def contrastive_loss(a: Tensor, b: Tensor, labels: Tensor, margin: float = 0.5) -> Tensor:
+    """mean(0.5 * (y d^2 + (1 - y) max(0, margin - d)^2)) with d = 1 - cos(a, b), y in {0, 1}."""
+    distances = 1 - F.cosine_similarity(a, b)
+    labels = labels.float().view(-1)
+    return (0.5 * (labels * distances.pow(2) + (1 - labels) * F.relu(margin - distances).pow(2))).mean()
+
+
+def triplet_loss(anchors: Tensor, positives: Tensor, negatives: Tensor, margin: float = 5.0) -> Tensor:
+    """mean(max(0, ||anchor - positive|| - ||anchor - negative|| + margin))."""
+    return F.relu(F.pairwise_distance(anchors, positives) - F.pairwise_distance(anchors, negatives) + margin).mean()
+
+
+class Loss(nn.Module):
+    """Embeds each column with the model, then applies ``compute_loss_from_embeddings``.
+
+    ``columns`` (how many texts an example has) and ``needs_labels`` let ``fit`` check the data first.
+    """
+
+    columns: tuple[int, int | None] = (2, 2)  # (fewest, most); None: no upper limit
+    needs_labels = True
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, features: list[dict[str, Tensor]], labels: Tensor) -> Tensor:
+        embeddings = [self.model(dict(column))["sentence_embedding"] for column in features]
+        return self.compute_loss_from_embeddings(embeddings, labels)
+
+    def compute_loss_from_embeddings(self, embeddings: list[Tensor], labels: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class CosineSimilarityLoss(Loss):
+    """Inputs: (text, text) pairs, a float label (target cosine, e.g. 0-1) / formula: ``cosine_similarity_loss``
+    / reference: Reimers & Gurevych 2019, https://arxiv.org/abs/1908.10084."""
+
+    def compute_loss_from_embeddings(self, embeddings, labels):
+        return cosine_similarity_loss(*embeddings, labels)
+
+
+class CoSENTLoss(Loss):
+    """Inputs: (text, text) pairs, a float label (only the order of labels matters) / formula: ``cosent_loss``
+    / reference: Su 2022, https://kexue.fm/archives/8847."""
+
+    def __init__(self, model: nn.Module, scale: float = 20.0):
+        super().__init__(model)
+        self.scale = scale
+
+    def compute_loss_from_embeddings(self, embeddings, labels):
+        return cosent_loss(*embeddings, labels, self.scale)
+
+
+class MultipleNegativesRankingLoss(Loss):
+    """Inputs: (anchor, positive) or (anchor, positive, hard negative, ...), no labels; the other examples'
+    positives serve as negatives / formula: ``multiple_negatives_ranking_loss`` / reference: Henderson et al.
+    2017, https://arxiv.org/abs/1705.00652."""
+
+    columns, needs_labels = (2, None), False
+
+    def __init__(self, model: nn.Module, scale: float = 20.0):
+        super().__init__(model)
+        self.scale = scale
+
+    def compute_loss_from_embeddings(self, embeddings, labels):
+        return multiple_negatives_ranking_loss(*embeddings, scale=self.scale)
+
+
+class ContrastiveLoss(Loss):
+    """Inputs: (text, text) pairs, label 1 (similar) or 0 (dissimilar) / formula: ``contrastive_loss``
+    / reference: Hadsell, Chopra & LeCun 2006, https://doi.org/10.1109/CVPR.2006.100."""
+
+    def __init__(self, model: nn.Module, margin: float = 0.5):
+        super().__init__(model)
+        self.margin = margin
+
+    def compute_loss_from_embeddings(self, embeddings, labels):
+        return contrastive_loss(*embeddings, labels, self.margin)
+
+
+class TripletLoss(Loss):
+    """Inputs: (anchor, positive, negative), no labels / formula: ``triplet_loss`` (euclidean distance)
+    / reference: Schroff, Kalenichenko & Philbin 2015, https://arxiv.org/abs/1503.03832."""
+
+    columns, needs_labels = (3, 3), False
+
+    def __init__(self, model: nn.Module, triplet_margin: float = 5.0):
+        super().__init__(model)
+        self.triplet_margin = triplet_margin
+
+    def compute_loss_from_embeddings(self, embeddings, labels):
+        return triplet_loss(*embeddings, margin=self.triplet_margin)
+
+
+class MatryoshkaLoss(Loss):
+    """Inputs: those of the wrapped ``loss`` / formula: sum_d weight_d * loss(embeddings cut to their first d
+    numbers, renormalized), so that shorter prefixes work as embeddings too / reference: Kusupati et al. 2022,
+    https://arxiv.org/abs/2205.13147."""
+
+    def __init__(self, model: nn.Module, loss: Loss, matryoshka_dims: list[int],
+                 matryoshka_weights: list[float] | None = None):
+        super().__init__(model)
+        dimension = model.get_sentence_embedding_dimension()
+        if not matryoshka_dims or any(not 0 < d <= dimension for d in matryoshka_dims):
+            raise ValueError(f"matryoshka_dims must be sizes between 1 and {dimension}, not {matryoshka_dims}.")
+        weights = matryoshka_weights or [1.0] * len(matryoshka_dims)
+        if len(weights) != len(matryoshka_dims):
+            raise ValueError("matryoshka_weights needs one weight per dimension in matryoshka_dims.")
+        self.loss, self.dims_and_weights = loss, sorted(zip(matryoshka_dims, weights, strict=True), reverse=True)
+        self.columns, self.needs_labels = loss.columns, loss.needs_labels
+
+    def compute_loss_from_embeddings(self, embeddings, labels):
+        return sum(weight * self.loss.compute_loss_from_embeddings(
+            [F.normalize(e[:, :dim], p=2, dim=-1) for e in embeddings], labels)  # the model runs once
+            for dim, weight in self.dims_and_weights)

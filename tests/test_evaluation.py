@@ -1,0 +1,99 @@
+"""The evaluators give sentence-transformers' numbers; the IR metrics also match a hand count."""
+
+import json
+from pathlib import Path
+
+import pytest
+from sentence_transformers import SentenceTransformer as STModel
+from sentence_transformers.sentence_transformer import evaluation as st_evaluation
+from sentence_transformers.util import cos_sim as st_cos_sim
+from sentence_transformers.util import dot_score as st_dot_score
+
+from minist import SentenceTransformer, evaluation
+from minist.evaluation import dcg_at_k, retrieval_metrics
+
+BIKEFIX = Path(__file__).resolve().parent.parent / "data" / "bikefix"
+
+
+def read(name):
+    return [json.loads(line) for line in (BIKEFIX / name).read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def models(real_model_dir):
+    return SentenceTransformer(real_model_dir, device="cpu"), STModel(str(real_model_dir), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def retrieval_data():
+    answers = {a["id"]: a["text"] for a in read("answers.jsonl")}
+    questions = [q for q in read("questions.jsonl") if q["split"] == "test"]
+    return ({q["id"]: q["text"] for q in questions}, answers, {q["id"]: {q["answer"]} for q in questions})
+
+
+def similarity_pairs():
+    """Question-answer pairs of the test split, scored 1 (its answer), 0.5 (same category) or 0 (other)."""
+    answers = {a["id"]: a for a in read("answers.jsonl")}
+    ids = sorted(answers)
+    pairs = []
+    for n, q in enumerate(q for q in read("questions.jsonl") if q["split"] == "test"):
+        other = answers[ids[(ids.index(q["answer"]) + 1 + n) % len(ids)]]
+        same = answers[q["answer"]]
+        pairs += [(q["text"], same["text"], 1.0),
+                  (q["text"], other["text"], 0.5 if other["category"] == same["category"] else 0.0)]
+    return [list(column) for column in zip(*pairs, strict=True)]
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"similarity_fn_names": ["cosine", "euclidean", "manhattan", "dot"]},
+                                    {"main_similarity": "dot", "name": "bikes"}])
+def test_embedding_similarity_evaluator_matches(models, kwargs, tmp_path):
+    ours, theirs = models
+    s1, s2, scores = similarity_pairs()
+    got_evaluator = evaluation.EmbeddingSimilarityEvaluator(s1, s2, scores, **kwargs)
+    got = got_evaluator(ours, output_path=tmp_path)
+    expected_evaluator = st_evaluation.EmbeddingSimilarityEvaluator(s1, s2, scores, **kwargs)
+    expected = expected_evaluator(theirs)
+    assert set(got) == set(expected)
+    assert all(abs(got[key] - expected[key]) <= 1e-4 for key in expected)
+    assert got_evaluator.primary_metric == expected_evaluator.primary_metric
+    assert (tmp_path / got_evaluator.csv_file).is_file()
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"name": "test", "mrr_at_k": [3, 10], "ndcg_at_k": [5, 10], "map_at_k": [10]}])
+def test_information_retrieval_evaluator_matches(models, retrieval_data, kwargs):
+    ours, theirs = models
+    got_evaluator = evaluation.InformationRetrievalEvaluator(*retrieval_data, **kwargs)
+    got = got_evaluator(ours)
+    expected_evaluator = st_evaluation.InformationRetrievalEvaluator(*retrieval_data, **kwargs)
+    expected = expected_evaluator(theirs)
+    assert set(got) == set(expected)
+    assert all(abs(got[key] - expected[key]) <= 1e-4 for key in expected)
+    assert got_evaluator.primary_metric == expected_evaluator.primary_metric
+
+
+def test_information_retrieval_with_two_score_functions(models, retrieval_data):
+    ours, theirs = models
+    got = evaluation.InformationRetrievalEvaluator(
+        *retrieval_data, score_functions={"cos_sim": evaluation.cos_sim, "dot_score": evaluation.dot_score})(ours)
+    expected = st_evaluation.InformationRetrievalEvaluator(
+        *retrieval_data, score_functions={"cos_sim": st_cos_sim, "dot_score": st_dot_score})(theirs)
+    assert set(got) == set(expected) and all(abs(got[k] - expected[k]) <= 1e-4 for k in expected)
+
+
+def test_retrieval_metrics_by_hand():
+    # one query, relevant {a, c}; ranking b, a, d, c
+    m = retrieval_metrics([["b", "a", "d", "c"]], [{"a", "c"}], [1, 2], [2, 4], [10], [4], [4])
+    assert m["accuracy@1"] == 0 and m["accuracy@2"] == 1
+    assert m["precision@2"] == 0.5 and m["recall@2"] == 0.5 and m["recall@4"] == 1
+    assert m["mrr@10"] == 0.5
+    assert m["map@4"] == pytest.approx((1 / 2 + 2 / 4) / 2)
+    ideal = 1 + 1 / 1.5849625007211562  # log2(3)
+    assert m["ndcg@4"] == pytest.approx((1 / 1.5849625007211562 + 1 / 2.321928094887362) / ideal)
+    assert dcg_at_k([1, 0, 1], 2) == 1.0
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="differ in length"):
+        evaluation.EmbeddingSimilarityEvaluator(["a", "b"], ["c"], [1.0])
+    with pytest.raises(ValueError, match="cosinus"):
+        evaluation.EmbeddingSimilarityEvaluator(["a"], ["b"], [1.0], main_similarity="cosinus")

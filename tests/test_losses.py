@@ -1,0 +1,106 @@
+"""Every loss: the same value as sentence-transformers' on the same model, batch and labels, and by hand."""
+
+import math
+
+import pytest
+import torch
+from sentence_transformers import SentenceTransformer as STModel
+from sentence_transformers.sentence_transformer import losses as st_losses
+
+from minist import InputExample, SentenceTransformer, losses
+from minist.training import collate
+
+PAIRS = [("the cat sat on the mat", "a cat sits on a mat"), ("the dogs run fast", "slow birds sing"),
+         ("a bird sings", "the bird is singing"), ("the mat", "fast dogs"), ("run", "running")]
+LABELS = [0.9, 0.1, 0.8, 0.0, 0.6]
+TRIPLES = [(a, b, PAIRS[(i + 1) % len(PAIRS)][1]) for i, (a, b) in enumerate(PAIRS)]
+
+
+@pytest.fixture(scope="module", params=["tiny", "real"])
+def models(request, tiny_st_dir, real_model_dir):
+    folder = tiny_st_dir if request.param == "tiny" else real_model_dir
+    ours, theirs = SentenceTransformer(folder, device="cpu").eval(), STModel(str(folder), device="cpu").eval()
+    return ours, theirs
+
+
+def batch(model, rows, labels=None):
+    examples = [InputExample(texts=list(r), label=None if labels is None else labels[i]) for i, r in enumerate(rows)]
+    return collate(model, examples)
+
+
+CASES = [
+    ("CosineSimilarityLoss", {}, PAIRS, LABELS),
+    ("CoSENTLoss", {}, PAIRS, LABELS),
+    ("CoSENTLoss", {"scale": 5.0}, PAIRS, [1, 0, 1, 0, 1]),
+    ("MultipleNegativesRankingLoss", {}, PAIRS, None),
+    ("MultipleNegativesRankingLoss", {}, TRIPLES, None),  # with a hard-negative column
+    ("ContrastiveLoss", {}, PAIRS, [1, 0, 1, 0, 1]),
+    ("ContrastiveLoss", {"margin": 0.8}, PAIRS, [1, 0, 1, 0, 0]),
+    ("TripletLoss", {}, TRIPLES, None),
+    ("TripletLoss", {"triplet_margin": 0.5}, TRIPLES, None),
+]
+
+
+@pytest.mark.parametrize(("name", "kwargs", "rows", "labels"), CASES)
+def test_same_value_as_sentence_transformers(models, name, kwargs, rows, labels):
+    ours, theirs = models
+    features, label_tensor = batch(ours, rows, labels)
+    with torch.no_grad():
+        got = getattr(losses, name)(ours, **kwargs)(features, label_tensor)
+        expected = getattr(st_losses, name)(theirs, **kwargs)(batch(ours, rows, labels)[0], label_tensor)
+    assert abs(got.item() - expected.item()) <= 1e-5
+
+
+def test_matryoshka_matches_sentence_transformers(models):
+    ours, theirs = models
+    dims = [ours.get_sentence_embedding_dimension(), 4]
+    features, labels = batch(ours, PAIRS, LABELS)
+    with torch.no_grad():
+        got = losses.MatryoshkaLoss(ours, losses.CoSENTLoss(ours), dims, [1.0, 0.5])(features, labels)
+        expected = st_losses.MatryoshkaLoss(theirs, st_losses.CoSENTLoss(theirs), dims, [1.0, 0.5])(
+            batch(ours, PAIRS, LABELS)[0], labels)
+    assert abs(got.item() - expected.item()) <= 1e-5
+
+
+def test_hand_computed_values():
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    b = torch.tensor([[1.0, 0.0], [1.0, 0.0]])  # cos = [1, 0]
+    assert losses.cosine_similarity_loss(a, b, torch.tensor([1.0, 1.0])).item() == pytest.approx(0.5)
+    # CoSENT: pair 0 (label 1) should outscore pair 1 (label 0); it does by 1 * scale: log(1 + e^-20)
+    tiny = pytest.approx(math.log1p(math.exp(-20)), abs=1e-6)
+    assert losses.cosent_loss(a, b, torch.tensor([1.0, 0.0])).item() == tiny
+    assert losses.cosent_loss(a, b, torch.tensor([0.0, 1.0])).item() == pytest.approx(math.log1p(math.exp(20)))
+    # MNRL with orthogonal anchors and positives equal to them: softmax over [20, 0] -> -log(e^20 / (e^20 + 1))
+    assert losses.multiple_negatives_ranking_loss(a, a).item() == tiny
+    # contrastive: d = [0, 1]; labels [1, 0], margin 0.5 -> 0.5 * (0 + max(0, 0.5 - 1)^2) = 0
+    assert losses.contrastive_loss(a, b, torch.tensor([1, 0])).item() == 0.0
+    assert losses.contrastive_loss(a, b, torch.tensor([0, 1])).item() == pytest.approx(0.5 * (0.25 + 1) / 2)
+    # triplet: |a - a| = 0, |a - (-a)| = 2 -> max(0, 0 - 2 + 5) = 3
+    assert losses.triplet_loss(a, a, -a).item() == pytest.approx(3.0)
+
+
+def test_losses_learn(tiny_st_dir):
+    """A few optimizer steps on one batch lower each loss: the gradients reach the model."""
+    for name, kwargs, rows, labels in CASES[::2]:
+        torch.manual_seed(0)
+        model = SentenceTransformer(tiny_st_dir, device="cpu")
+        loss = getattr(losses, name)(model, **kwargs)
+        features, label_tensor = batch(model, rows, labels)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        model.eval()  # no dropout: compare like with like
+        values = []
+        for _ in range(5):
+            value = loss(features, label_tensor)
+            values.append(value.item())
+            optimizer.zero_grad()
+            value.backward()
+            optimizer.step()
+        assert values[-1] < values[0], name
+
+
+def test_matryoshka_refuses_impossible_dimensions(tiny_st_dir):
+    model = SentenceTransformer(tiny_st_dir, device="cpu")
+    with pytest.raises(ValueError, match="between 1 and 8"):
+        losses.MatryoshkaLoss(model, losses.CoSENTLoss(model), [16, 4])
+    with pytest.raises(ValueError, match="one weight per dimension"):
+        losses.MatryoshkaLoss(model, losses.CoSENTLoss(model), [8, 4], [1.0])

@@ -1,0 +1,148 @@
+"""fit: the tutorial snippet runs, training is reproducible and scheduled as documented, bad data is refused."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_SENTENCES
+from torch.utils.data import DataLoader
+
+from minist import InputExample, SentenceTransformer, losses
+from minist.evaluation import EmbeddingSimilarityEvaluator, InformationRetrievalEvaluator
+
+PAIRS = [InputExample(texts=["the cat sat", "a cat sits"], label=0.9),
+         InputExample(texts=["the dog runs", "slow birds"], label=0.1),
+         InputExample(texts=["a bird sings", "birds singing"], label=0.8),
+         InputExample(texts=["the mat", "fast dogs"], label=0.0)] * 4
+
+
+def weights(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_the_tutorial_snippet_runs_and_sentence_transformers_loads_the_result(tmp_path, tiny_st_dir):
+    from sentence_transformers import SentenceTransformer as STModel
+
+    model = SentenceTransformer(tiny_st_dir, device="cpu")
+    before = model.encode(TINY_SENTENCES)
+    # The snippet from the issue, verbatim but for the model and the output folder.
+    train_examples = [InputExample(texts=["sentence 1", "sentence 2"], label=0.8),
+                      InputExample(texts=["sentence 3", "sentence 4"], label=0.3)]
+    train_dataloader = DataLoader(train_examples, batch_size=16)
+    train_loss = losses.CosineSimilarityLoss(model)
+    model.fit(train_objectives=[(train_dataloader, train_loss)], epochs=10, warmup_steps=100)
+    model.save(tmp_path / "my-finetuned-model")
+    after = model.encode(TINY_SENTENCES)
+    assert np.abs(after - before).max() > 1e-4  # it trained
+    np.testing.assert_allclose(STModel(str(tmp_path / "my-finetuned-model"), device="cpu").encode(TINY_SENTENCES),
+                               after, atol=1e-6)
+
+
+def train_once(tiny_st_dir, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    model = SentenceTransformer(tiny_st_dir, device="cpu")
+    loader = DataLoader(PAIRS, shuffle=True, batch_size=4)
+    model.fit([(loader, losses.CoSENTLoss(model))], epochs=2, warmup_steps=2, show_progress_bar=False, **kwargs)
+    return model
+
+
+def test_reproducible_with_a_seed(tiny_st_dir):
+    a, b, c = train_once(tiny_st_dir), train_once(tiny_st_dir), train_once(tiny_st_dir, seed=1)
+    assert torch.equal(weights(a), weights(b))
+    assert not torch.equal(weights(a), weights(c))
+    assert [h["loss"] for h in a.training_history] == [h["loss"] for h in b.training_history]
+
+
+def test_learning_rate_warms_up_then_decays_linearly(tiny_st_dir):
+    model = train_once(tiny_st_dir, optimizer_params={"lr": 1e-3})
+    lrs = [h["lr"] for h in model.training_history]  # after each of the 8 steps (4 a epoch, 2 epochs)
+    expected = [1e-3 * min((s + 1) / 2, (8 - s - 1) / (8 - 2)) for s in range(8)]
+    np.testing.assert_allclose(lrs, expected, rtol=1e-6)
+    assert lrs[-1] == 0
+
+
+def test_objectives_take_turns(tiny_st_dir):
+    model = SentenceTransformer(tiny_st_dir, device="cpu")
+    triples = [InputExample(texts=["the cat", "a cat", "fast dogs"])] * 6
+    model.fit([(DataLoader(PAIRS, batch_size=4), losses.CoSENTLoss(model)),
+               (DataLoader(triples, batch_size=2), losses.MultipleNegativesRankingLoss(model))],
+              epochs=1, warmup_steps=0, show_progress_bar=False)
+    assert [h["objective"] for h in model.training_history] == [0, 1] * 3  # min(4, 3) steps, round robin
+
+
+@pytest.mark.parametrize(("objective", "message"), [
+    (lambda m: (DataLoader([InputExample(texts=["a", "b", "c"], label=1.0)]), losses.CosineSimilarityLoss(m)),
+     "example 0 has 3 texts; CosineSimilarityLoss takes 2"),
+    (lambda m: (DataLoader([InputExample(texts=["a", "b"])]), losses.CoSENTLoss(m)),
+     "example 0 has no label; CoSENTLoss needs one"),
+    (lambda m: (DataLoader([InputExample(texts=["a"])]), losses.MultipleNegativesRankingLoss(m)),
+     "has 1 texts; MultipleNegativesRankingLoss takes at least 2"),
+    (lambda m: (DataLoader([]), losses.CoSENTLoss(m)), "empty DataLoader"),
+])
+def test_bad_data_is_refused_before_training(tiny_st_dir, objective, message):
+    model = SentenceTransformer(tiny_st_dir, device="cpu")
+    before = weights(model)
+    with pytest.raises(ValueError, match=message):
+        model.fit([objective(model)], show_progress_bar=False)
+    assert torch.equal(weights(model), before)
+
+
+def test_bad_learning_rate_and_texts(tiny_st_dir):
+    model = SentenceTransformer(tiny_st_dir, device="cpu")
+    with pytest.raises(ValueError, match="learning rate must be positive"):
+        model.fit([(DataLoader(PAIRS), losses.CoSENTLoss(model))], optimizer_params={"lr": 0})
+    with pytest.raises(TypeError, match="list of strings"):
+        InputExample(texts="just one string")
+
+
+def test_evaluator_keeps_the_best_model(tmp_path, tiny_st_dir):
+    model = SentenceTransformer(tiny_st_dir, device="cpu")
+    evaluator = EmbeddingSimilarityEvaluator.from_input_examples(PAIRS[:4], name="dev")
+    model.fit([(DataLoader(PAIRS, batch_size=4), losses.CoSENTLoss(model))], evaluator=evaluator, epochs=2,
+              evaluation_steps=2, warmup_steps=1, output_path=tmp_path / "best", show_progress_bar=False)
+    scores = [h["dev_spearman_cosine"] for h in model.evaluation_history]
+    assert len(scores) == 6  # every 2 steps (4 a epoch) and after each epoch
+    assert model.best_score == max(scores)
+    best = SentenceTransformer(tmp_path / "best", device="cpu")
+    assert evaluator(best)["dev_spearman_cosine"] == pytest.approx(max(scores), abs=1e-6)
+    assert len((tmp_path / "best" / "eval" / evaluator.csv_file).read_text().splitlines()) == 7  # header + 6
+
+
+def test_an_interrupted_run_leaves_the_last_checkpoint_loadable(tmp_path, tiny_st_dir):
+    model = SentenceTransformer(tiny_st_dir, device="cpu")
+    loss = losses.CoSENTLoss(model)
+    calls = []
+    original = loss.compute_loss_from_embeddings
+
+    def failing_on_the_fifth_step(embeddings, labels):
+        calls.append(1)
+        if len(calls) == 5:
+            raise RuntimeError("power cut")
+        return original(embeddings, labels)
+
+    loss.compute_loss_from_embeddings = failing_on_the_fifth_step
+    with pytest.raises(RuntimeError, match="power cut"):
+        model.fit([(DataLoader(PAIRS, batch_size=4), loss)], epochs=3, checkpoint_path=tmp_path / "ckpt",
+                  checkpoint_save_steps=2, show_progress_bar=False)
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    restored = SentenceTransformer(tmp_path / "ckpt" / "checkpoint-4", device="cpu")
+    assert restored.encode(["the cat"]).shape == (1, 8)
+
+
+@pytest.mark.real_model
+def test_fine_tuning_improves_the_bikefix_test_split(real_model_dir):
+    data = Path(__file__).resolve().parent.parent / "data" / "bikefix"
+    answers = {a["id"]: a["text"] for a in map(json.loads, (data / "answers.jsonl").read_text().splitlines())}
+    questions = [json.loads(line) for line in (data / "questions.jsonl").read_text().splitlines()]
+    test = [q for q in questions if q["split"] == "test"]
+    evaluator = InformationRetrievalEvaluator({q["id"]: q["text"] for q in test}, answers,
+                                              {q["id"]: {q["answer"]} for q in test})
+    torch.manual_seed(0)
+    model = SentenceTransformer(real_model_dir, device="cpu")
+    before = evaluator(model)["cosine_mrr@10"]
+    train = [InputExample(texts=[q["text"], answers[q["answer"]]]) for q in questions if q["split"] == "train"]
+    model.fit([(DataLoader(train, shuffle=True, batch_size=16), losses.MultipleNegativesRankingLoss(model))],
+              epochs=3, warmup_steps=5, optimizer_params={"lr": 5e-5}, show_progress_bar=False)
+    assert evaluator(model)["cosine_mrr@10"] >= before + 0.03
