@@ -68,7 +68,7 @@ class EmbeddingSimilarityEvaluator(Evaluator):
 
     def __init__(self, sentences1: list[str], sentences2: list[str], scores: list[float], batch_size: int = 16,
                  main_similarity: str | None = None, similarity_fn_names: list[str] | None = None, name: str = "",
-                 show_progress_bar: bool = False, write_csv: bool = True):
+                 show_progress_bar: bool = False, write_csv: bool = True, truncate_dim: int | None = None):
         if not len(sentences1) == len(sentences2) == len(scores):
             raise ValueError(f"sentences1, sentences2 and scores differ in length: "
                              f"{len(sentences1)}, {len(sentences2)}, {len(scores)}.")
@@ -77,7 +77,7 @@ class EmbeddingSimilarityEvaluator(Evaluator):
             raise ValueError(f"Unknown similarity {sorted(unknown)}; choose from {', '.join(PAIRWISE)}.")
         self.sentences1, self.sentences2, self.scores = sentences1, sentences2, scores
         self.batch_size, self.show_progress_bar, self.write_csv = batch_size, show_progress_bar, write_csv
-        self.main_similarity, self.name = main_similarity, name
+        self.main_similarity, self.name, self.truncate_dim = main_similarity, name, truncate_dim
         self.similarity_fn_names = similarity_fn_names or ([main_similarity] if main_similarity else [])
         self.csv_file = f"similarity_evaluation{'_' + name if name else ''}_results.csv"
 
@@ -88,7 +88,8 @@ class EmbeddingSimilarityEvaluator(Evaluator):
 
     def __call__(self, model, output_path=None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
         names = self.similarity_fn_names or [model.similarity_fn_name]  # as sentence-transformers: the model's own
-        encode = dict(batch_size=self.batch_size, show_progress_bar=self.show_progress_bar, convert_to_tensor=True)
+        encode = dict(batch_size=self.batch_size, show_progress_bar=self.show_progress_bar, convert_to_tensor=True,
+                      truncate_dim=self.truncate_dim)
         a, b = model.encode(self.sentences1, **encode), model.encode(self.sentences2, **encode)
         metrics = {}
         for fn in names:
@@ -141,7 +142,8 @@ class InformationRetrievalEvaluator(Evaluator):
                  corpus_chunk_size: int = 50000, mrr_at_k: list[int] = (10,), ndcg_at_k: list[int] = (10,),
                  accuracy_at_k: list[int] = (1, 3, 5, 10), precision_recall_at_k: list[int] = (1, 3, 5, 10),
                  map_at_k: list[int] = (100,), show_progress_bar: bool = False, batch_size: int = 32, name: str = "",
-                 write_csv: bool = True, score_functions: dict | None = None, main_score_function: str | None = None):
+                 write_csv: bool = True, truncate_dim: int | None = None, score_functions: dict | None = None,
+                 main_score_function: str | None = None):
         self.query_ids = [qid for qid in queries if relevant_docs.get(qid)]  # queries with something to find
         self.queries = [queries[qid] for qid in self.query_ids]
         self.corpus_ids, self.corpus = list(corpus), list(corpus.values())
@@ -151,12 +153,13 @@ class InformationRetrievalEvaluator(Evaluator):
         self.corpus_chunk_size, self.batch_size = corpus_chunk_size, batch_size
         self.show_progress_bar = show_progress_bar
         self.name, self.write_csv, self.score_functions = name, write_csv, score_functions
-        self.main_score_function = main_score_function
+        self.main_score_function, self.truncate_dim = main_score_function, truncate_dim
         self.csv_file = f"Information-Retrieval_evaluation{'_' + name if name else ''}_results.csv"
 
     def __call__(self, model, output_path=None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
         functions = self.score_functions or {model.similarity_fn_name: MATRIX[model.similarity_fn_name]}
-        encode = dict(batch_size=self.batch_size, show_progress_bar=self.show_progress_bar, convert_to_tensor=True)
+        encode = dict(batch_size=self.batch_size, show_progress_bar=self.show_progress_bar, convert_to_tensor=True,
+                      truncate_dim=self.truncate_dim)
         queries, corpus = model.encode(self.queries, **encode), model.encode(self.corpus, **encode)
         depth = max(max(ks) for ks in self.ks.values())
         metrics = {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
@@ -143,12 +144,14 @@ class SentenceTransformer(nn.Sequential):
     def encode(self, sentences: str | list[str], batch_size: int = 32, show_progress_bar: bool | None = None,
                output_value: Literal["sentence_embedding", "token_embeddings"] = "sentence_embedding",
                convert_to_numpy: bool = True, convert_to_tensor: bool = False, normalize_embeddings: bool = False,
-               device: str | None = None):
+               device: str | None = None, truncate_dim: int | None = None):
         """Texts -> embeddings, in input order.
 
         A string gives one (dim,) vector; a list gives (len, dim): a numpy array, or a tensor with
         ``convert_to_tensor=True``, or a list of tensors when both conversions are off.
         ``output_value="token_embeddings"`` gives each text's (tokens, dim) tensor instead.
+        ``truncate_dim`` keeps the first numbers of each embedding (for Matryoshka-trained models), before
+        any normalization.
         """
         single = isinstance(sentences, str)
         texts = _text_list(sentences)
@@ -162,7 +165,7 @@ class SentenceTransformer(nn.Sequential):
             show_progress_bar = logger.getEffectiveLevel() <= logging.INFO
         self.eval()
         if not texts:
-            return self._empty_result(output_value, convert_to_numpy, convert_to_tensor)
+            return self._empty_result(output_value, convert_to_numpy, convert_to_tensor, truncate_dim)
 
         # Tokenize once, unpadded, so batches can be formed by real token count (least padding).
         rows = self[0].tokenize(texts, padding=False)
@@ -183,10 +186,9 @@ class SentenceTransformer(nn.Sequential):
                     # Each text's own rows: trailing padding dropped, as sentence-transformers does.
                     kept = features["attention_mask"].cumsum(dim=1).argmax(dim=1) + 1  # up to the last real token
                     outputs = [tokens[:n] for tokens, n in zip(features["token_embeddings"], kept, strict=True)]
-                elif normalize_embeddings:
-                    outputs = F.normalize(features["sentence_embedding"], p=2, dim=1)
                 else:
-                    outputs = features["sentence_embedding"]
+                    outputs = features["sentence_embedding"][:, :truncate_dim]  # [:, :None] keeps all
+                    outputs = F.normalize(outputs, p=2, dim=1) if normalize_embeddings else outputs
                 for i, output in zip(batch, outputs, strict=True):
                     results[i] = output
 
@@ -196,9 +198,10 @@ class SentenceTransformer(nn.Sequential):
             results = torch.stack(results).float().cpu().numpy()
         return results[0] if single else results
 
-    def _empty_result(self, output_value: str, convert_to_numpy: bool, convert_to_tensor: bool):
+    def _empty_result(self, output_value: str, convert_to_numpy: bool, convert_to_tensor: bool,
+                      truncate_dim: int | None):
         """What ``encode([])`` returns: no rows, but the right type and width."""
-        dim = self.get_sentence_embedding_dimension()
+        dim = min(self.get_sentence_embedding_dimension(), truncate_dim or math.inf)
         if output_value == "token_embeddings" or not (convert_to_numpy or convert_to_tensor):
             return []
         return torch.empty(0, dim, device=self.device) if convert_to_tensor else np.zeros((0, dim), np.float32)

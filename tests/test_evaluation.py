@@ -45,7 +45,7 @@ def similarity_pairs():
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"similarity_fn_names": ["cosine", "euclidean", "manhattan", "dot"]},
-                                    {"main_similarity": "dot", "name": "bikes"}])
+                                    {"main_similarity": "dot", "name": "bikes"}, {"truncate_dim": 64}])
 def test_embedding_similarity_evaluator_matches(models, kwargs, tmp_path):
     ours, theirs = models
     s1, s2, scores = similarity_pairs()
@@ -59,7 +59,8 @@ def test_embedding_similarity_evaluator_matches(models, kwargs, tmp_path):
     assert (tmp_path / got_evaluator.csv_file).is_file()
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"name": "test", "mrr_at_k": [3, 10], "ndcg_at_k": [5, 10], "map_at_k": [10]}])
+@pytest.mark.parametrize("kwargs", [{}, {"name": "test", "mrr_at_k": [3, 10], "ndcg_at_k": [5, 10], "map_at_k": [10]},
+                                    {"truncate_dim": 32}])
 def test_information_retrieval_evaluator_matches(models, retrieval_data, kwargs):
     ours, theirs = models
     got_evaluator = evaluation.InformationRetrievalEvaluator(*retrieval_data, **kwargs)

@@ -89,6 +89,15 @@ def test_token_embeddings_match(models):
     assert max((g - e).abs().max().item() for g, e in zip(got, expected, strict=True)) <= 1e-5
 
 
+@pytest.mark.parametrize("normalize", [False, True])
+def test_truncate_dim_matches(models, normalize):
+    ours, theirs = models
+    got = ours.encode(SENTENCES[:50], truncate_dim=64, normalize_embeddings=normalize)
+    assert got.shape == (50, 64)
+    assert np.abs(got - theirs.encode(SENTENCES[:50], truncate_dim=64, normalize_embeddings=normalize)).max() <= 1e-5
+    assert ours.encode([], truncate_dim=64).shape == (0, 64)
+
+
 def test_batch_sizes_agree(models):
     ours, _ = models
     sample = SENTENCES[::3]

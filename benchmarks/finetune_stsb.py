@@ -1,0 +1,81 @@
+"""Fine-tune all-MiniLM-L6-v2 on STS-B train with minist and with sentence-transformers, in one run.
+
+    .venv/bin/python benchmarks/finetune_stsb.py [--epochs 1] [--batch-size 16] [--seed 42]
+
+The recipe of the sentence-transformers STS-B example: CosineSimilarityLoss on the train split's pairs
+(scores / 5), warm-up over the first 10% of the steps, AdamW at 2e-5. Both libraries start from the same
+weights, with the same seed and batch order. Reports the STS-B test Spearman (cosine, x100) before and
+after for each, and the ratio of training times. Needs ../shared/data/stsb (not in this repository).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import time
+from pathlib import Path
+
+import torch
+from sentence_transformers import InputExample as STInputExample
+from sentence_transformers import SentenceTransformer as STModel
+from sentence_transformers.sentence_transformer import losses as st_losses
+from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator as STEvaluator
+from torch.utils.data import DataLoader
+
+from minist import InputExample, SentenceTransformer, losses
+from minist.evaluation import EmbeddingSimilarityEvaluator
+from minist.hub import resolve_model_folder
+
+STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb"
+
+
+def read_stsb(split: str) -> list[tuple[str, str, float]]:
+    with open(STSB / f"stsb-en-{split}.tsv", encoding="utf-8", newline="") as f:
+        return [(r["sentence1"], r["sentence2"], float(r["score"]) / 5)
+                for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)]
+
+
+def run(library: str, folder: Path, train, test, args) -> dict:
+    model_class, example_class, loss_module, evaluator_class = {
+        "minist": (SentenceTransformer, InputExample, losses, EmbeddingSimilarityEvaluator),
+        "sentence-transformers": (STModel, STInputExample, st_losses, STEvaluator)}[library]
+    torch.manual_seed(args.seed)
+    model = model_class(str(folder), device="cpu")
+    evaluator = evaluator_class(*map(list, zip(*test, strict=True)), name="sts-test")
+    before = 100 * evaluator(model)["sts-test_spearman_cosine"]
+    examples = [example_class(texts=[a, b], label=score) for a, b, score in train]
+    torch.manual_seed(args.seed)  # the same shuffling for both
+    loader = DataLoader(examples, shuffle=True, batch_size=args.batch_size)
+    warmup = math.ceil(len(loader) * args.epochs * 0.1)
+    start = time.perf_counter()
+    model.fit(train_objectives=[(loader, loss_module.CosineSimilarityLoss(model))], epochs=args.epochs,
+              warmup_steps=warmup, show_progress_bar=False)
+    seconds = time.perf_counter() - start
+    after = 100 * evaluator(model)["sts-test_spearman_cosine"]
+    return {"before": before, "after": after, "seconds": seconds, "steps": len(loader) * args.epochs}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args()
+    if not STSB.is_dir():
+        raise SystemExit(f"The STS benchmark is not at {STSB}; this benchmark needs it.")
+    folder = resolve_model_folder("all-MiniLM-L6-v2")
+    train, test = read_stsb("train"), read_stsb("test")
+    print(f"STS-B train {len(train)} pairs, test {len(test)} pairs; {args.epochs} epoch(s), batch {args.batch_size}, "
+          f"seed {args.seed}, {torch.get_num_threads()} threads")
+    results = {name: run(name, folder, train, test, args) for name in ("minist", "sentence-transformers")}
+    for name, r in results.items():
+        print(f"{name:>22}: Spearman x100 before {r['before']:.2f}, after {r['after']:.2f}; "
+              f"{r['steps']} steps in {r['seconds']:.0f} s")
+    ours, theirs = results["minist"], results["sentence-transformers"]
+    print(f"after: minist - sentence-transformers = {ours['after'] - theirs['after']:+.2f} points")
+    print(f"training time ratio sentence-transformers / minist: {theirs['seconds'] / ours['seconds']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
