@@ -146,3 +146,14 @@ def test_fine_tuning_improves_the_bikefix_test_split(real_model_dir):
     model.fit([(DataLoader(train, shuffle=True, batch_size=16), losses.MultipleNegativesRankingLoss(model))],
               epochs=3, warmup_steps=5, optimizer_params={"lr": 5e-5}, show_progress_bar=False)
     assert evaluator(model)["cosine_mrr@10"] >= before + 0.03
+
+
+def test_mixed_precision_runs_on_the_cpu(tiny_st_dir):
+    torch.manual_seed(0)
+    model = SentenceTransformer(tiny_st_dir, device="cpu")
+    before = weights(model)
+    model.fit([(DataLoader(PAIRS, batch_size=4), losses.CoSENTLoss(model))], warmup_steps=1, use_amp=True,
+              show_progress_bar=False)  # bfloat16 autocast on the CPU (float16 with a grad scaler on CUDA)
+    assert all(np.isfinite(h["loss"]) for h in model.training_history)
+    assert not torch.equal(weights(model), before)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
