@@ -9,12 +9,14 @@ With ``backend="minist"`` the model is ``minist.bert``'s from-scratch BERT (BERT
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
+import transformers
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 from transformers.utils import logging as hf_logging
@@ -59,6 +61,9 @@ class Transformer(nn.Module):
             raise TypeError(f"minist needs a fast (Rust) tokenizer; got {type(tokenizer).__name__}.")
         self.auto_model = auto_model
         self.tokenizer = tokenizer
+        # What the model's forward takes (DistilBERT, for one, takes no token_type_ids).
+        self.input_names = [n for n in tokenizer.model_input_names
+                            if n in inspect.signature(auto_model.forward).parameters]
         self.max_seq_length = max_seq_length
         self.do_lower_case = do_lower_case
 
@@ -83,7 +88,12 @@ class Transformer(nn.Module):
         check_model_folder(folder)
         options_file = folder / "sentence_bert_config.json"
         options = json.loads(options_file.read_text()) if options_file.is_file() else {}
-        config = AutoConfig.from_pretrained(folder)
+        try:
+            config = AutoConfig.from_pretrained(folder)
+        except ValueError as error:  # an architecture this transformers does not know
+            model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+            raise ValueError(f"{folder} holds a {model_type!r} model, which transformers {transformers.__version__} "
+                             "cannot load (unknown architecture; a newer transformers may know it).") from error
         with quiet_progress_bars():
             if backend == "minist":
                 auto_model = bert.BertModel.from_pretrained(folder)
@@ -111,8 +121,7 @@ class Transformer(nn.Module):
         return dict(self.tokenizer.pad(rows, return_tensors="pt"))
 
     def forward(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
-        names = self.tokenizer.model_input_names  # e.g. RoBERTa takes no token_type_ids
-        inputs = {name: features[name] for name in names if name in features}
+        inputs = {name: features[name] for name in self.input_names if name in features}
         outputs = self.auto_model(**inputs)  # minist.bert returns the tensor itself
         features["token_embeddings"] = outputs if isinstance(outputs, Tensor) else outputs.last_hidden_state
         return features
