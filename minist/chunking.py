@@ -31,7 +31,8 @@ def chunk_text(text: str, tokenizer, max_tokens: int, overlap: int = 32) -> list
     width = max_tokens - tokenizer.num_special_tokens_to_add()  # room for [CLS] ... [SEP]
     if not 0 <= overlap < width:
         raise ValueError(f"overlap must be at least 0 and below {width} (the tokens a chunk holds), not {overlap}.")
-    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    # verbose=False: a text longer than the model reads is the point here, not a mistake to warn about.
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)["offset_mapping"]
     chunks = []
     for first in range(0, max(len(offsets), 1), width - overlap):
         window = offsets[first:first + width]
