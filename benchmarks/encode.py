@@ -11,26 +11,17 @@ largest difference between the two libraries' embeddings and the STS-B test Spea
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from scipy.stats import spearmanr
 from sentence_transformers import SentenceTransformer as STModel
+from stsb import read_stsb
 
 from minist import SentenceTransformer
 from minist.hub import resolve_model_folder
-
-STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb"
-
-
-def read_stsb(split: str) -> tuple[list[float], list[str], list[str]]:
-    with open(STSB / f"stsb-en-{split}.tsv", encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-    return [float(r["score"]) for r in rows], [r["sentence1"] for r in rows], [r["sentence2"] for r in rows]
 
 
 def spearman(model, scores, first, second) -> float:
@@ -45,13 +36,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
-    if not STSB.is_dir():
-        raise SystemExit(f"The STS benchmark is not at {STSB}; this benchmark needs it.")
 
     folder = resolve_model_folder(args.model)
     models = {"minist": SentenceTransformer(folder, device="cpu"), "sentence-transformers": STModel(str(folder),
                                                                                                     device="cpu")}
-    scores, first, second = read_stsb("test")
+    first, second, scores = map(list, zip(*read_stsb("test"), strict=True))
     corpus = list(dict.fromkeys(first + second))
     print(f"model {args.model}, {len(corpus)} sentences, batch {args.batch_size}, {torch.get_num_threads()} threads")
 

@@ -11,7 +11,6 @@ after for each, and the ratio of training times. Needs ../shared/data/stsb (not 
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import time
 from pathlib import Path
@@ -21,19 +20,12 @@ from sentence_transformers import InputExample as STInputExample
 from sentence_transformers import SentenceTransformer as STModel
 from sentence_transformers.sentence_transformer import losses as st_losses
 from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator as STEvaluator
+from stsb import read_stsb
 from torch.utils.data import DataLoader
 
 from minist import InputExample, SentenceTransformer, losses
 from minist.evaluation import EmbeddingSimilarityEvaluator
 from minist.hub import resolve_model_folder
-
-STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb"
-
-
-def read_stsb(split: str) -> list[tuple[str, str, float]]:
-    with open(STSB / f"stsb-en-{split}.tsv", encoding="utf-8", newline="") as f:
-        return [(r["sentence1"], r["sentence2"], float(r["score"]) / 5)
-                for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)]
 
 
 def run(library: str, folder: Path, train, test, args) -> dict:
@@ -62,10 +54,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
-    if not STSB.is_dir():
-        raise SystemExit(f"The STS benchmark is not at {STSB}; this benchmark needs it.")
     folder = resolve_model_folder("all-MiniLM-L6-v2")
-    train, test = read_stsb("train"), read_stsb("test")
+    train, test = ([(a, b, score / 5) for a, b, score in read_stsb(split)] for split in ("train", "test"))
     print(f"STS-B train {len(train)} pairs, test {len(test)} pairs; {args.epochs} epoch(s), batch {args.batch_size}, "
           f"seed {args.seed}, {torch.get_num_threads()} threads")
     results = {name: run(name, folder, train, test, args) for name in ("minist", "sentence-transformers")}

@@ -11,29 +11,22 @@ clustered shape of real embeddings. Exact float32 search is the reference for ev
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from sentence_transformers import util as st_util
+from stsb import read_stsb
 
 from minist import SentenceTransformer
 from minist.ann import VectorIndex, recall_at_k
 from minist.search import semantic_search
 
-STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb"
-
 
 def sts_sentences() -> list[str]:
-    sentences = []
-    for split in ("train", "dev", "test"):
-        with open(STSB / f"stsb-en-{split}.tsv", encoding="utf-8", newline="") as f:
-            for row in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
-                sentences += [row["sentence1"], row["sentence2"]]
-    return list(dict.fromkeys(sentences))
+    """Every distinct sentence of the three STS-B splits."""
+    return list(dict.fromkeys(s for split in ("train", "dev", "test") for a, b, _ in read_stsb(split) for s in (a, b)))
 
 
 def canonical(hits: list[list[dict]]) -> list[list[tuple]]:
@@ -53,8 +46,6 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    if not STSB.is_dir():
-        raise SystemExit(f"The STS benchmark is not at {STSB}; this benchmark needs it.")
 
     rng = np.random.default_rng(0)
     sentences = sts_sentences()
