@@ -92,7 +92,7 @@ def fit(model, train_objectives: list[tuple[DataLoader, Loss]], evaluator=None, 
     autocast = torch.autocast(model.device.type, enabled=use_amp,
                               dtype=torch.float16 if model.device.type == "cuda" else torch.bfloat16)
     scaler = torch.amp.GradScaler(model.device.type, enabled=use_amp and model.device.type == "cuda")
-    model.training_history, model.best_score = [], -math.inf
+    model.training_history, model.evaluation_history, model.best_score = [], [], -math.inf
     step = 0
     for epoch in range(epochs):
         model.train()
@@ -108,13 +108,7 @@ def fit(model, train_objectives: list[tuple[DataLoader, Loss]], evaluator=None, 
                 features = [{k: v.to(model.device) for k, v in column.items()} for column in features]
                 with autocast:
                     value = loss(features, labels.to(model.device))
-                scaler.scale(value).backward()
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(loss.parameters(), max_grad_norm)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad()
-                scheduler.step()
+                _update(value, loss, optimizer, scheduler, scaler, max_grad_norm)
                 model.training_history.append({"step": step, "epoch": epoch, "objective": number,
                                                "loss": value.item(), "lr": scheduler.get_last_lr()[0]})
             step += 1
@@ -129,6 +123,21 @@ def fit(model, train_objectives: list[tuple[DataLoader, Loss]], evaluator=None, 
         model.save(output_path)
 
 
+def _update(value: torch.Tensor, loss: Loss, optimizer, scheduler, scaler, max_grad_norm: float) -> None:
+    """One optimizer step: backward, clip the gradients' norm, step, then the learning-rate schedule.
+
+    The scaler (mixed precision on CUDA) scales the loss so that float16 gradients do not underflow;
+    when disabled it passes everything through unchanged.
+    """
+    scaler.scale(value).backward()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(loss.parameters(), max_grad_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad()
+    scheduler.step()
+
+
 def _evaluate(model, evaluator, output_path, save_best_model: bool, epoch: int, steps: int) -> None:
     """Run the evaluator; save the model to ``output_path`` when its primary score is the best so far."""
     if evaluator is None:
@@ -138,8 +147,7 @@ def _evaluate(model, evaluator, output_path, save_best_model: bool, epoch: int, 
     eval_path = None if output_path is None else Path(output_path) / "eval"
     metrics = evaluator(model, output_path=eval_path, epoch=epoch, steps=steps)
     score = metrics[evaluator.primary_metric]
-    model.evaluation_history = [*getattr(model, "evaluation_history", []), {"epoch": epoch, "steps": steps,
-                                                                            **metrics}]
+    model.evaluation_history.append({"epoch": epoch, "steps": steps, **metrics})
     if score > model.best_score:
         model.best_score = score
         if save_best_model and output_path is not None:
