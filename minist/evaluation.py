@@ -20,20 +20,7 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 
 from minist.search import semantic_search
-from minist.similarity import (
-    cos_sim,
-    dot_score,
-    euclidean_sim,
-    manhattan_sim,
-    pairwise_cos_sim,
-    pairwise_dot_score,
-    pairwise_euclidean_sim,
-    pairwise_manhattan_sim,
-)
-
-PAIRWISE = {"cosine": pairwise_cos_sim, "euclidean": pairwise_euclidean_sim, "manhattan": pairwise_manhattan_sim,
-            "dot": pairwise_dot_score}
-MATRIX = {"cosine": cos_sim, "euclidean": euclidean_sim, "manhattan": manhattan_sim, "dot": dot_score}
+from minist.similarity import PAIRWISE_FUNCTIONS
 
 
 class Evaluator:
@@ -72,9 +59,9 @@ class EmbeddingSimilarityEvaluator(Evaluator):
         if not len(sentences1) == len(sentences2) == len(scores):
             raise ValueError(f"sentences1, sentences2 and scores differ in length: "
                              f"{len(sentences1)}, {len(sentences2)}, {len(scores)}.")
-        unknown = {main_similarity, *(similarity_fn_names or [])} - {None, *PAIRWISE}
+        unknown = {main_similarity, *(similarity_fn_names or [])} - {None, *PAIRWISE_FUNCTIONS}
         if unknown:
-            raise ValueError(f"Unknown similarity {sorted(unknown)}; choose from {', '.join(PAIRWISE)}.")
+            raise ValueError(f"Unknown similarity {sorted(unknown)}; choose from {', '.join(PAIRWISE_FUNCTIONS)}.")
         self.sentences1, self.sentences2, self.scores = sentences1, sentences2, scores
         self.batch_size, self.show_progress_bar, self.write_csv = batch_size, show_progress_bar, write_csv
         self.main_similarity, self.name, self.truncate_dim = main_similarity, name, truncate_dim
@@ -93,7 +80,7 @@ class EmbeddingSimilarityEvaluator(Evaluator):
         a, b = model.encode(self.sentences1, **encode), model.encode(self.sentences2, **encode)
         metrics = {}
         for fn in names:
-            similarities = PAIRWISE[fn](a, b).cpu().numpy()
+            similarities = PAIRWISE_FUNCTIONS[fn](a, b).cpu().numpy()
             metrics[f"pearson_{fn}"] = pearsonr(self.scores, similarities).statistic
             metrics[f"spearman_{fn}"] = spearmanr(self.scores, similarities).statistic
         if len(names) > 1:
@@ -157,7 +144,7 @@ class InformationRetrievalEvaluator(Evaluator):
         self.csv_file = f"Information-Retrieval_evaluation{'_' + name if name else ''}_results.csv"
 
     def __call__(self, model, output_path=None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
-        functions = self.score_functions or {model.similarity_fn_name: MATRIX[model.similarity_fn_name]}
+        functions = self.score_functions or {model.similarity_fn_name: model.similarity}  # as sentence-transformers
         encode = dict(batch_size=self.batch_size, show_progress_bar=self.show_progress_bar, convert_to_tensor=True,
                       truncate_dim=self.truncate_dim)
         queries, corpus = model.encode(self.queries, **encode), model.encode(self.corpus, **encode)

@@ -24,12 +24,13 @@ import transformers
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from minist import __version__, similarity
+from minist import __version__
 from minist.dense import Dense
 from minist.hub import resolve_model_folder
 from minist.normalize import Normalize
 from minist.pooling import Pooling
 from minist.saving import save_folder, write_modules_json
+from minist.similarity import SIMILARITY_FUNCTIONS
 from minist.training import fit
 from minist.transformer import Backend, Transformer
 
@@ -44,8 +45,6 @@ ST_TYPES = {
     "Dense": "sentence_transformers.models.Dense",
     "Normalize": "sentence_transformers.models.Normalize",
 }
-SIMILARITY = {"cosine": similarity.cos_sim, "dot": similarity.dot_score, "euclidean": similarity.euclidean_sim,
-              "manhattan": similarity.manhattan_sim}
 
 
 def default_device() -> str:
@@ -133,10 +132,10 @@ class SentenceTransformer(nn.Sequential):
 
     def similarity(self, a, b) -> Tensor:
         """The model's similarity function (cosine unless its config names another): (n, dim), (m, dim) -> (n, m)."""
-        if self.similarity_fn_name not in SIMILARITY:
-            name = self.similarity_fn_name
-            raise ValueError(f"Unsupported similarity_fn_name {name!r}; minist has {', '.join(SIMILARITY)}.")
-        return SIMILARITY[self.similarity_fn_name](a, b)
+        if self.similarity_fn_name not in SIMILARITY_FUNCTIONS:
+            name, known = self.similarity_fn_name, ", ".join(SIMILARITY_FUNCTIONS)
+            raise ValueError(f"Unsupported similarity_fn_name {name!r}; minist has {known}.")
+        return SIMILARITY_FUNCTIONS[self.similarity_fn_name](a, b)
 
     fit = fit  # model.fit(train_objectives=[(dataloader, loss)], ...): see minist.training
 

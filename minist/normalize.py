@@ -2,6 +2,7 @@
 
 After it, the dot product of two embeddings equals their cosine similarity, which is why
 models such as all-MiniLM-L6-v2 end with it. It has no weights and no settings to save.
+Left out: other norms (such as L1), which sentence-transformers' Normalize does not offer either.
 """
 
 from __future__ import annotations

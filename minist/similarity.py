@@ -112,3 +112,9 @@ def pairwise_manhattan_sim(a: ArrayLike, b: ArrayLike) -> Tensor:
     """(n, dim), (n, dim) -> (n,) with ``[i] = -sum(|a[i] - b[i]|)``."""
     a, b = _as_pairs(a, b)
     return -(a - b).abs().sum(dim=-1)
+
+
+# sentence-transformers' similarity_fn_name -> the function, for models and evaluators that name one.
+SIMILARITY_FUNCTIONS = {"cosine": cos_sim, "dot": dot_score, "euclidean": euclidean_sim, "manhattan": manhattan_sim}
+PAIRWISE_FUNCTIONS = {"cosine": pairwise_cos_sim, "dot": pairwise_dot_score, "euclidean": pairwise_euclidean_sim,
+                      "manhattan": pairwise_manhattan_sim}

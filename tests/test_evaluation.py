@@ -9,7 +9,7 @@ from sentence_transformers.sentence_transformer import evaluation as st_evaluati
 from sentence_transformers.util import cos_sim as st_cos_sim
 from sentence_transformers.util import dot_score as st_dot_score
 
-from minist import SentenceTransformer, evaluation
+from minist import SentenceTransformer, evaluation, util
 from minist.evaluation import dcg_at_k, retrieval_metrics
 
 BIKEFIX = Path(__file__).resolve().parent.parent / "data" / "bikefix"
@@ -75,7 +75,7 @@ def test_information_retrieval_evaluator_matches(models, retrieval_data, kwargs)
 def test_information_retrieval_with_two_score_functions(models, retrieval_data):
     ours, theirs = models
     got = evaluation.InformationRetrievalEvaluator(
-        *retrieval_data, score_functions={"cos_sim": evaluation.cos_sim, "dot_score": evaluation.dot_score})(ours)
+        *retrieval_data, score_functions={"cos_sim": util.cos_sim, "dot_score": util.dot_score})(ours)
     expected = st_evaluation.InformationRetrievalEvaluator(
         *retrieval_data, score_functions={"cos_sim": st_cos_sim, "dot_score": st_dot_score})(theirs)
     assert set(got) == set(expected) and all(abs(got[k] - expected[k]) <= 1e-4 for k in expected)

@@ -51,10 +51,6 @@ def models(real_model_dir):
     return SentenceTransformer(real_model_dir, device="cpu"), STModel(str(real_model_dir), device="cpu")
 
 
-def test_corpus_is_varied():
-    assert len(SENTENCES) >= 200 and "" in SENTENCES
-
-
 def test_long_texts_are_really_past_max_seq_length(models):
     ours, _ = models
     lengths = [len(ids) for ids in ours.tokenizer(SENTENCES)["input_ids"]]
@@ -64,6 +60,7 @@ def test_long_texts_are_really_past_max_seq_length(models):
 def test_normalized_embeddings_match(models):
     ours, theirs = models
     got, expected = ours.encode(SENTENCES), theirs.encode(SENTENCES)
+    assert len(SENTENCES) >= 200 and "" in SENTENCES  # the varied set the issue asks for
     assert got.shape == (len(SENTENCES), 384)
     assert np.abs(got - expected).max() <= 1e-5
 
