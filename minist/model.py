@@ -5,7 +5,9 @@ A ``SentenceTransformer`` is an ``nn.Sequential`` of steps, each adding to one `
 optionally ``Dense`` and ``Normalize``. Index it to open a step: ``model[0].tokenizer``.
 The folder layout it reads and writes is sentence-transformers' own (``modules.json`` lists the
 steps), so models move between the two libraries in both directions.
-Left out: prompts, multi-process and multi-GPU encoding, ONNX/OpenVINO backends, training (later).
+Faster, a little less exact: ``quantize="int8"`` (CPU: int8 linear layers, see ``minist.quantization``),
+``"bf16"`` or ``"fp16"`` (encode under ``torch.autocast``: matrix products in 16 bits, weights kept).
+Left out: prompts, multi-process and multi-GPU encoding, ONNX/OpenVINO backends.
 """
 
 from __future__ import annotations
@@ -29,12 +31,16 @@ from minist.dense import Dense
 from minist.hub import resolve_model_folder
 from minist.normalize import Normalize
 from minist.pooling import Pooling
+from minist.quantization import quantize_linear_layers
 from minist.saving import save_folder, write_modules_json
 from minist.similarity import SIMILARITY_FUNCTIONS
 from minist.training import fit
 from minist.transformer import Backend, Transformer
 
 logger = logging.getLogger("minist")
+
+Quantize = Literal["int8", "bf16", "fp16"]
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 # modules.json names a step by its sentence-transformers class; minist matches on the class name
 # (old "sentence_transformers.models.Pooling" and v6 "...modules.pooling.Pooling" alike).
@@ -81,7 +87,9 @@ class SentenceTransformer(nn.Sequential):
     """Load a model by folder, Hub id or short name, or build one from ``modules``.
 
     ``backend="minist"`` runs BERT-family models on the from-scratch ``minist.bert`` (default "hf":
-    transformers).
+    transformers). ``quantize`` trades a little accuracy for speed (default None: float32, the
+    same numbers as sentence-transformers): "int8" on CPUs, "fp16" on GPUs, "bf16" on CPUs and GPUs
+    that have bfloat16 units. Notebook 08 measures what each buys on your machine.
 
     >>> model = SentenceTransformer("all-MiniLM-L6-v2")  # doctest: +SKIP
     >>> model.encode(["A cat sleeps.", "A kitten naps."]).shape  # doctest: +SKIP
@@ -89,7 +97,10 @@ class SentenceTransformer(nn.Sequential):
     """
 
     def __init__(self, model_name_or_path: str | Path | None = None, modules: list[nn.Module] | None = None,
-                 device: str | None = None, cache_folder: str | Path | None = None, backend: Backend = "hf"):
+                 device: str | None = None, cache_folder: str | Path | None = None, backend: Backend = "hf",
+                 quantize: Quantize | None = None):
+        if quantize not in (None, "int8", *AUTOCAST_DTYPES):
+            raise ValueError(f"quantize must be None, 'int8', 'bf16' or 'fp16', not {quantize!r}.")
         similarity_fn_name = None
         if model_name_or_path is not None:
             folder = resolve_model_folder(model_name_or_path, cache_folder)
@@ -103,6 +114,11 @@ class SentenceTransformer(nn.Sequential):
         self.name_or_path = None if model_name_or_path is None else str(model_name_or_path)
         self.similarity_fn_name = similarity_fn_name or "cosine"
         self.to(device or default_device())
+        self.quantize = quantize
+        if quantize == "int8":
+            if self.device.type != "cpu":
+                raise ValueError(f"quantize='int8' runs on the CPU, not {self.device.type}; use 'fp16' on a GPU.")
+            quantize_linear_layers(self[0].auto_model)
 
     # --- the pieces, for inspection -------------------------------------------------------------
     @property
@@ -140,10 +156,10 @@ class SentenceTransformer(nn.Sequential):
     fit = fit  # model.fit(train_objectives=[(dataloader, loss)], ...): see minist.training
 
     # --- encode ------------------------------------------------------------------------------------
-    def encode(self, sentences: str | list[str], batch_size: int = 32, show_progress_bar: bool | None = None,
+    def encode(self, sentences: str | list[str], batch_size: int | None = None, show_progress_bar: bool | None = None,
                output_value: Literal["sentence_embedding", "token_embeddings"] = "sentence_embedding",
                convert_to_numpy: bool = True, convert_to_tensor: bool = False, normalize_embeddings: bool = False,
-               device: str | None = None, truncate_dim: int | None = None):
+               device: str | None = None, truncate_dim: int | None = None, max_batch_tokens: int | None = None):
         """Texts -> embeddings, in input order.
 
         A string gives one (dim,) vector; a list gives (len, dim): a numpy array, or a tensor with
@@ -151,15 +167,22 @@ class SentenceTransformer(nn.Sequential):
         ``output_value="token_embeddings"`` gives each text's (tokens, dim) tensor instead.
         ``truncate_dim`` keeps the first numbers of each embedding (for Matryoshka-trained models), before
         any normalization.
+        Batches are formed by token count: texts sorted by length, each batch padded to its own longest and
+        holding at most ``max_batch_tokens`` tokens that way (default 2,048 on a CPU, 16,384 on a GPU), so
+        short texts go many to a batch and long ones few. ``batch_size`` also caps the texts per batch.
         """
         single = isinstance(sentences, str)
         texts = _text_list(sentences)
         if output_value not in ("sentence_embedding", "token_embeddings"):
             raise ValueError(f"output_value must be 'sentence_embedding' or 'token_embeddings', not {output_value!r}.")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, not {batch_size}.")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1 (or None), not {batch_size}.")
         if device is not None:
             self.to(device)
+        if max_batch_tokens is None:  # on a CPU, batches whose activations stay in the cache run fastest
+            max_batch_tokens = 2048 if self.device.type == "cpu" else 16384  # (measured: notebook 08)
+        if max_batch_tokens < 1:
+            raise ValueError(f"max_batch_tokens must be at least 1, not {max_batch_tokens}.")
         if show_progress_bar is None:
             show_progress_bar = logger.getEffectiveLevel() <= logging.INFO
         self.eval()
@@ -172,21 +195,22 @@ class SentenceTransformer(nn.Sequential):
         if cut:
             logger.warning("%d of %d texts were longer than max_seq_length=%d tokens and were truncated.",
                            cut, len(texts), self.max_seq_length)
-        lengths = [len(ids) for ids in rows["input_ids"]]
-        order = sorted(range(len(texts)), key=lambda i: -lengths[i])  # longest first: memory errors show early
+        batches = token_batches([len(ids) for ids in rows["input_ids"]], batch_size, max_batch_tokens)
 
         results: list = [None] * len(texts)
-        with torch.inference_mode():
-            for start in tqdm(range(0, len(texts), batch_size), desc="Batches", disable=not show_progress_bar):
-                batch = order[start:start + batch_size]
+        autocast = torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES.get(self.quantize),
+                                  enabled=self.quantize in AUTOCAST_DTYPES)
+        with torch.inference_mode(), autocast:
+            for batch in tqdm(batches, desc="Batches", disable=not show_progress_bar):
                 features = self[0].pad([{key: rows[key][i] for key in rows} for i in batch])
                 features = self({key: value.to(self.device) for key, value in features.items()})
                 if output_value == "token_embeddings":
                     # Each text's own rows: trailing padding dropped, as sentence-transformers does.
                     kept = features["attention_mask"].cumsum(dim=1).argmax(dim=1) + 1  # up to the last real token
-                    outputs = [tokens[:n] for tokens, n in zip(features["token_embeddings"], kept, strict=True)]
+                    tokens = features["token_embeddings"].float()
+                    outputs = [rows[:n] for rows, n in zip(tokens, kept, strict=True)]
                 else:
-                    outputs = features["sentence_embedding"][:, :truncate_dim]  # [:, :None] keeps all
+                    outputs = features["sentence_embedding"][:, :truncate_dim].float()  # [:, :None] keeps all
                     outputs = F.normalize(outputs, p=2, dim=1) if normalize_embeddings else outputs
                 for i, output in zip(batch, outputs, strict=True):
                     results[i] = output
@@ -194,7 +218,7 @@ class SentenceTransformer(nn.Sequential):
         if output_value == "sentence_embedding" and convert_to_tensor:
             results = torch.stack(results)
         elif output_value == "sentence_embedding" and convert_to_numpy:
-            results = torch.stack(results).float().cpu().numpy()
+            results = torch.stack(results).cpu().numpy()
         return results[0] if single else results
 
     def _empty_result(self, output_value: str, convert_to_numpy: bool, convert_to_tensor: bool,
@@ -208,6 +232,9 @@ class SentenceTransformer(nn.Sequential):
     # --- save --------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
         """Write the model in sentence-transformers' layout, all or nothing (see ``minist.saving``)."""
+        if self.quantize == "int8":
+            raise ValueError("An int8-quantized model cannot be saved (its float weights are gone): save the "
+                             "float32 model and load that with quantize='int8'.")
         save_folder(self._write, path)
 
     def _write(self, folder: Path) -> None:
@@ -229,6 +256,22 @@ class SentenceTransformer(nn.Sequential):
         }
         (folder / "config_sentence_transformers.json").write_text(json.dumps(config, indent=2))
         write_modules_json(folder, steps)
+
+
+def token_batches(lengths: list[int], batch_size: int | None, max_batch_tokens: int) -> list[list[int]]:
+    """Text indices, longest first, cut into batches of at most ``batch_size`` texts (None: no limit) and
+    ``max_batch_tokens`` tokens once padded to the batch's longest (a text past the budget goes alone).
+
+    >>> token_batches([3, 9, 5, 4], batch_size=None, max_batch_tokens=10)
+    [[1], [2, 3], [0]]
+    """
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):  # longest first: memory errors show early
+        batch = batches[-1] if batches else []
+        if not batch or len(batch) == batch_size or (len(batch) + 1) * lengths[batch[0]] > max_batch_tokens:
+            batches.append(batch := [])
+        batch.append(i)
+    return batches
 
 
 def _text_list(sentences: str | Iterable[str]) -> list[str]:

@@ -83,7 +83,8 @@ class Transformer(nn.Module):
         ``backend="minist"`` runs the from-scratch ``minist.bert.BertModel`` instead of transformers' model.
         """
         if backend not in ("hf", "minist"):
-            raise ValueError(f"backend must be 'hf' (transformers) or 'minist' (minist.bert), not {backend!r}.")
+            raise ValueError(f"backend must be 'hf' (transformers) or 'minist' (minist.bert), not {backend!r}; "
+                             "for faster inference pass quantize='int8', 'bf16' or 'fp16' to SentenceTransformer.")
         folder = Path(folder)
         check_model_folder(folder)
         options_file = folder / "sentence_bert_config.json"
