@@ -6,22 +6,30 @@ Corpora: (a) "spread": 3,000 texts built from data/corpus.jsonl and STS-B senten
 sentence, 30% two to six, 15% fifteen to thirty (past 256 tokens, so truncated); (b) "stsb": the 2,552
 distinct sentences of the STS-B test split. Needs ../shared/data/stsb (not in this repository).
 
-- Speed: the two libraries run interleaved in this process (minist, sentence-transformers, minist, ...)
+Paths: sentence-transformers and minist in float32 (the same numbers), and minist's faster, inexact
+``quantize="int8"`` and ``"bf16"``; on a CUDA machine also both libraries in fp16 (``quantize="fp16"``
+for minist, ``model.half()`` for sentence-transformers).
+- Speed: the paths run interleaved in this process (minist, sentence-transformers, int8, ..., minist, ...)
   and the medians are compared, since absolute times drift by 10-20% between runs on shared machines.
-- Memory and load time: each library loads and encodes corpus (a) in a fresh process of its own; the
-  peak resident set size (ru_maxrss) of that process is reported.
+  minist forms batches by token budget (its default); sentence-transformers gets ``--batch-size``.
+- Memory and load time: each path loads and encodes the first 1,000 texts of corpus (a) in a fresh
+  process of its own, ``--repeats`` times; the medians of the load time and of the process's peak resident
+  set size (VmHWM, Linux) are reported. Twice: with glibc's malloc as it comes, whose dynamic mmap
+  threshold keeps freed blocks and so adds a varying few hundred MB, and with that threshold pinned at
+  its starting value (MALLOC_MMAP_THRESHOLD_=131072), which shows the memory the program really holds.
+- Quality: STS-B test Spearman of each path, and for the inexact paths the cosine of each STS-B
+  sentence's embedding to minist's float32 one (mean and worst).
 - The physical bound: the FLOPs of corpus (a) at its real token counts over this machine's measured fp32
-  matrix-product rate, and the share of it that minist reaches.
+  matrix-product rate, and the share of it that minist float32 reaches.
 - Linearity: minist's time for 1,000 and 10,000 STS-B sentences.
-Also the largest difference between the libraries' embeddings and the STS-B test Spearman of each.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -35,16 +43,18 @@ from stsb import read_stsb
 DATA = Path(__file__).resolve().parents[1] / "data"
 
 
-def library(name: str):
-    """The SentenceTransformer class of ``name``, imported only when asked (the memory children import one)."""
-    if name == "minist":
-        from minist import SentenceTransformer
-    else:
+def load(path: str, folder: str, device: str = "cpu"):
+    """The model of ``path`` ("minist", "minist int8", ..., "sentence-transformers"), imported only when asked."""
+    if path == "sentence-transformers":
         from sentence_transformers import SentenceTransformer
-    return SentenceTransformer
+
+        return SentenceTransformer(folder, device=device)
+    from minist import SentenceTransformer
+
+    return SentenceTransformer(folder, device=device, quantize=PATHS[path])
 
 
-LIBRARIES = ("minist", "sentence-transformers")
+PATHS = {"minist": None, "sentence-transformers": None, "minist int8": "int8", "minist bf16": "bf16"}
 
 
 def spread_corpus(n: int = 3000, seed: int = 0) -> list[str]:
@@ -61,13 +71,43 @@ def corpora() -> dict[str, list[str]]:
     return {"(a) spread": spread_corpus(), "(b) stsb": stsb}
 
 
-def child(name: str, folder: str, batch_size: int) -> None:
+def child(path: str, folder: str, batch_size: int) -> None:
     """In a fresh process: load, encode corpus (a), print load time and peak memory as JSON."""
     start = time.perf_counter()
-    model = library(name)(folder, device="cpu")  # the import is part of loading, as in a fresh session
-    load = time.perf_counter() - start
-    model.encode(spread_corpus(), batch_size=batch_size)
-    print(json.dumps({"load_s": load, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    model = load(path, folder)  # the import is part of loading, as in a fresh session
+    seconds = time.perf_counter() - start
+    model.encode(spread_corpus()[:1000], **batching(path, batch_size))
+    print(json.dumps({"load_s": seconds, "peak_rss_mb": peak_rss_mb()}))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory since it started its program (VmHWM).
+
+    Not ``getrusage``'s ru_maxrss: Linux carries that across fork and exec, so a child started by this big
+    parent would report the parent's size.
+    """
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) / 1024
+
+
+def batching(path: str, batch_size: int) -> dict:
+    """sentence-transformers batches by count; minist by its token budget (its default)."""
+    return {"batch_size": batch_size} if path == "sentence-transformers" else {}
+
+
+def timed_encodes(models: dict, corpus: list[str], repeats: int, batch_size: int) -> tuple[dict, dict]:
+    """Interleaved repeats -> (texts/s medians, last outputs) per path."""
+    seconds, outputs = {name: [] for name in models}, {}
+    for _ in range(repeats):
+        for name, model in models.items():
+            start = time.perf_counter()
+            outputs[name] = model.encode(corpus, convert_to_numpy=True, **batching(name, batch_size))
+            seconds[name].append(time.perf_counter() - start)
+    return {name: len(corpus) / statistics.median(s) for name, s in seconds.items()}, outputs
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
 def matmul_gflops(repeats: int = 20) -> float:
@@ -97,7 +137,7 @@ def main() -> None:
     parser.add_argument("--model", default="all-MiniLM-L6-v2")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--child", choices=LIBRARIES, help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=PATHS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     from minist.hub import resolve_model_folder
 
@@ -107,55 +147,77 @@ def main() -> None:
 
     from scipy.stats import spearmanr
 
-    models = {name: library(name)(folder, device="cpu") for name in LIBRARIES}
-    print(f"model {args.model}, batch {args.batch_size}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}\n")
-    for model in models.values():  # warm-up
-        model.encode(["warm up"] * 64, batch_size=args.batch_size)
-    rates = {}
+    models = {path: load(path, folder) for path in PATHS}
+    print(f"model {args.model}, sentence-transformers batch {args.batch_size}, minist batches of up to 2,048 "
+          f"tokens, {torch.get_num_threads()} threads, torch {torch.__version__}\n")
+    for name, model in models.items():  # warm-up
+        model.encode(["warm up"] * 64, **batching(name, args.batch_size))
+    rates, stsb_outputs = {}, None
     for corpus_name, corpus in corpora().items():
-        seconds, outputs = {name: [] for name in models}, {}
-        for _ in range(args.repeats):
-            for name, model in models.items():
-                start = time.perf_counter()
-                outputs[name] = model.encode(corpus, batch_size=args.batch_size)
-                seconds[name].append(time.perf_counter() - start)
-        rates[corpus_name] = {name: len(corpus) / statistics.median(s) for name, s in seconds.items()}
-        r = rates[corpus_name]
+        rates[corpus_name], outputs = timed_encodes(models, corpus, args.repeats, args.batch_size)
+        r, st = rates[corpus_name], rates[corpus_name]["sentence-transformers"]
         diff = np.abs(outputs["minist"] - outputs["sentence-transformers"]).max()
-        print(f"{corpus_name}: {len(corpus)} texts | minist {r['minist']:.1f}/s, sentence-transformers "
-              f"{r['sentence-transformers']:.1f}/s (medians of {args.repeats}) | ratio "
-              f"{r['minist'] / r['sentence-transformers']:.2f} | max abs diff {diff:.1e}")
+        print(f"{corpus_name}: {len(corpus)} texts, texts/s (median of {args.repeats}), ratio to "
+              f"sentence-transformers; float32 max abs diff {diff:.1e}")
+        for name, rate in r.items():
+            print(f"  {name:>22}: {rate:7.1f}/s  {rate / st:.2f}x")
+        stsb_outputs = outputs
 
     first, second, scores = map(list, zip(*read_stsb("test"), strict=True))
+    print("\nSTS-B test: Spearman x100; cosine of each of the 2,552 sentences to minist float32 (mean, worst)")
     for name, model in models.items():
-        a, b = model.encode(first, convert_to_tensor=True), model.encode(second, convert_to_tensor=True)
-        cosine = torch.nn.functional.cosine_similarity(a, b).numpy()
-        print(f"STS-B test Spearman x100, {name}: {100 * spearmanr(cosine, scores).statistic:.2f}")
+        a, b = (model.encode(part, **batching(name, args.batch_size)) for part in (first, second))
+        spearman = 100 * spearmanr(cosines(a, b), scores).statistic
+        cosine = cosines(stsb_outputs[name], stsb_outputs["minist"])
+        print(f"  {name:>22}: {spearman:.2f}  cosine {cosine.mean():.4f}, {cosine.min():.4f}")
 
-    print()
-    for name in LIBRARIES:  # one fresh process each
-        run = subprocess.run([sys.executable, __file__, "--child", name, "--model", args.model, "--batch-size",
-                              str(args.batch_size)], capture_output=True, text=True, check=True)
-        result = json.loads(run.stdout.strip().splitlines()[-1])
-        print(f"{name:>22}: load {result['load_s']:.1f} s, peak RSS {result['peak_rss_mb']:.0f} MB "
-              "(load + encode corpus (a), own process)")
+    print("\nfresh process each: load, encode 1,000 texts of (a); medians of", args.repeats)
+    for allocator, env in (("malloc as it comes", {}), ("mmap threshold pinned", {"MALLOC_MMAP_THRESHOLD_": "131072"})):
+        for path in PATHS:
+            runs = [subprocess.run([sys.executable, __file__, "--child", path, "--model", args.model, "--batch-size",
+                                    str(args.batch_size)], capture_output=True, text=True, check=True,
+                                   env=os.environ | env) for _ in range(args.repeats)]
+            results = [json.loads(run.stdout.strip().splitlines()[-1]) for run in runs]
+            load_s, peak = (statistics.median(r[key] for r in results) for key in ("load_s", "peak_rss_mb"))
+            print(f"  {path:>22}: load {load_s:.1f} s, peak RSS {peak:5.0f} MB ({allocator})")
 
     spread, gflops = corpora()["(a) spread"], matmul_gflops()
     gflop = corpus_gflop(models["minist"], spread)
     bound = len(spread) / (gflop / gflops)
     print(f"\nphysical bound on (a): {gflop:.0f} GFLOP at real token counts / {gflops:.0f} GFLOP/s measured "
-          f"= {bound:.1f} texts/s; minist reaches {rates['(a) spread']['minist'] / bound:.0%} of it")
+          f"= {bound:.1f} texts/s; minist float32 reaches {rates['(a) spread']['minist'] / bound:.0%} of it")
 
     sentences = list(dict.fromkeys(s for split in ("train", "dev") for a, b, _ in read_stsb(split) for s in (a, b)))
     random.Random(0).shuffle(sentences)  # 1,000 and 10,000 drawn alike
     timings = {}
     for n in (1000, 10000):
         start = time.perf_counter()
-        models["minist"].encode(sentences[:n], batch_size=args.batch_size)
+        models["minist"].encode(sentences[:n])
         timings[n] = time.perf_counter() - start
     print(f"linearity: 1,000 sentences {timings[1000]:.1f} s, 10,000 {timings[10000]:.1f} s "
           f"(ratio {timings[10000] / timings[1000]:.1f}; linear is 10)")
+    if torch.cuda.is_available():
+        gpu(folder, args.repeats, args.batch_size)
+
+
+def gpu(folder: str, repeats: int, batch_size: int) -> None:
+    """On a CUDA machine: both libraries in float32 and fp16 on corpus (a), and fp16's cosine to float32."""
+    from sentence_transformers import SentenceTransformer
+
+    from minist import SentenceTransformer as Minist
+
+    models = {"minist": Minist(folder, device="cuda"), "minist fp16": Minist(folder, device="cuda", quantize="fp16"),
+              "sentence-transformers": SentenceTransformer(folder, device="cuda"),
+              "sentence-transformers fp16": SentenceTransformer(folder, device="cuda").half()}
+    corpus = corpora()["(a) spread"]
+    for name, model in models.items():  # warm-up
+        model.encode(corpus[:256], **batching(name, batch_size))
+    rates, outputs = timed_encodes(models, corpus, repeats, batch_size)
+    print(f"\nGPU ({torch.cuda.get_device_name()}), corpus (a), texts/s, ratio to sentence-transformers float32, "
+          "worst cosine to minist float32:")
+    for name, rate in rates.items():
+        cosine = cosines(outputs[name].astype(np.float32), outputs["minist"])
+        print(f"  {name:>26}: {rate:8.1f}/s  {rate / rates['sentence-transformers']:.2f}x  {cosine.min():.4f}")
 
 
 if __name__ == "__main__":

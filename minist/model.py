@@ -197,7 +197,8 @@ class SentenceTransformer(nn.Sequential):
                            cut, len(texts), self.max_seq_length)
         batches = token_batches([len(ids) for ids in rows["input_ids"]], batch_size, max_batch_tokens)
 
-        results: list = [None] * len(texts)
+        tokens: list = [None] * len(texts)  # token_embeddings: one (tokens, dim) tensor per text
+        embeddings = None  # sentence_embedding: one (texts, dim) block, filled batch by batch
         autocast = torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES.get(self.quantize),
                                   enabled=self.quantize in AUTOCAST_DTYPES)
         with torch.inference_mode(), autocast:
@@ -207,18 +208,21 @@ class SentenceTransformer(nn.Sequential):
                 if output_value == "token_embeddings":
                     # Each text's own rows: trailing padding dropped, as sentence-transformers does.
                     kept = features["attention_mask"].cumsum(dim=1).argmax(dim=1) + 1  # up to the last real token
-                    tokens = features["token_embeddings"].float()
-                    outputs = [rows[:n] for rows, n in zip(tokens, kept, strict=True)]
+                    for i, text_tokens, n in zip(batch, features["token_embeddings"].float(), kept, strict=True):
+                        tokens[i] = text_tokens[:n]
                 else:
                     outputs = features["sentence_embedding"][:, :truncate_dim].float()  # [:, :None] keeps all
                     outputs = F.normalize(outputs, p=2, dim=1) if normalize_embeddings else outputs
-                for i, output in zip(batch, outputs, strict=True):
-                    results[i] = output
+                    if embeddings is None:
+                        embeddings = outputs.new_empty(len(texts), outputs.shape[1])
+                    embeddings[batch] = outputs  # back in input order
 
-        if output_value == "sentence_embedding" and convert_to_tensor:
-            results = torch.stack(results)
-        elif output_value == "sentence_embedding" and convert_to_numpy:
-            results = torch.stack(results).cpu().numpy()
+        if output_value == "token_embeddings":
+            results = tokens
+        elif convert_to_tensor:
+            results = embeddings
+        else:
+            results = embeddings.cpu().numpy() if convert_to_numpy else list(embeddings)
         return results[0] if single else results
 
     def _empty_result(self, output_value: str, convert_to_numpy: bool, convert_to_tensor: bool,

@@ -1,0 +1,117 @@
+"""The fast paths: batches by token budget (same numbers), int8 linear layers and 16-bit autocast (close numbers)."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_SENTENCES
+from test_real_model import SENTENCES
+from torch.utils.data import DataLoader
+
+from minist import InputExample, SentenceTransformer, losses
+from minist.model import token_batches
+from minist.quantization import Int8Linear, quantize_linear_layers, quantize_rows
+
+
+# --- batches by token budget ----------------------------------------------------------------------------
+@pytest.mark.parametrize(("batch_size", "budget"), [(None, 64), (4, 64), (None, 1), (3, 10**6)])
+def test_token_batches_are_greedy_longest_first_and_within_budget(batch_size, budget):
+    rng = random.Random(0)
+    lengths = [rng.randint(1, 40) for _ in range(300)]
+    batches = token_batches(lengths, batch_size, budget)
+    assert sorted(i for batch in batches for i in batch) == list(range(300))  # each text exactly once
+    flat = [lengths[i] for batch in batches for i in batch]
+    assert flat == sorted(lengths, reverse=True)  # longest first throughout
+    for batch, following in zip(batches, [*batches[1:], []], strict=True):
+        padded = len(batch) * lengths[batch[0]]  # padded to the batch's longest, its first
+        assert len(batch) == 1 or padded <= budget
+        assert batch_size is None or len(batch) <= batch_size
+        if following:  # greedy: the next text did not fit
+            assert (len(batch) + 1) * lengths[batch[0]] > budget or len(batch) == batch_size
+    assert token_batches([3, 9, 5, 4], None, 10) == [[1], [2, 3], [0]]  # worked by hand
+
+
+def test_any_token_budget_gives_the_same_embeddings(tiny_st_dir):
+    model = SentenceTransformer(tiny_st_dir, device="cpu")
+    reference = model.encode(TINY_SENTENCES, batch_size=1)
+    for budget in (1, 16, 10**6):
+        np.testing.assert_allclose(model.encode(TINY_SENTENCES, max_batch_tokens=budget), reference, atol=1e-6)
+    with pytest.raises(ValueError, match="max_batch_tokens must be at least 1"):
+        model.encode(TINY_SENTENCES, max_batch_tokens=0)
+
+
+# --- int8 linear layers ---------------------------------------------------------------------------------
+def test_quantize_rows_by_hand():
+    values, scales = quantize_rows(torch.tensor([[0.5, -1.0, 0.25], [0.0, 0.0, 0.0], [127.0, 1.0, -0.4]]))
+    assert values.tolist() == [[64, -127, 32], [0, 0, 0], [127, 1, 0]]  # 0.5 * 127 = 63.5 rounds to even
+    torch.testing.assert_close(scales.squeeze(1), torch.tensor([1 / 127, 1e-12 / 127, 1.0]))
+
+
+def test_int8_linear_is_the_integer_product_rescaled():
+    """Against the same arithmetic in float64 (exact for these integer sums), and close to the float layer."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(96, 40)
+    x = torch.randn(3, 17, 96) * torch.rand(3, 17, 1) * 10  # tokens of very different sizes
+    x_int8, x_scale = quantize_rows(x.reshape(-1, 96))
+    w_int8, w_scale = quantize_rows(linear.weight.detach())
+    expected = (x_int8.double() @ w_int8.double().T) * x_scale.double() * w_scale.double().T + linear.bias.double()
+    got = Int8Linear(linear)(x)
+    assert got.shape == (3, 17, 40) and got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), expected.reshape(3, 17, 40), rtol=1e-6, atol=1e-6)
+    with torch.no_grad():
+        reference = linear(x)
+    assert ((got - reference).norm(dim=-1) / reference.norm(dim=-1)).max() < 0.02  # each token within 2%
+
+
+def test_every_linear_layer_is_replaced(tiny_hf_dir):
+    model = SentenceTransformer(tiny_hf_dir, device="cpu", quantize="int8")
+    auto_model = model[0].auto_model
+    assert not any(type(m) is torch.nn.Linear for m in auto_model.modules())
+    layers = auto_model.config.num_hidden_layers
+    assert sum(isinstance(m, Int8Linear) for m in auto_model.modules()) == 6 * layers + 1  # + the pooler
+    assert quantize_linear_layers(auto_model) == 0  # already done
+
+
+@pytest.mark.real_model
+def test_int8_and_bf16_stay_close_to_float32(real_model_dir):
+    reference = SentenceTransformer(real_model_dir, device="cpu").encode(SENTENCES, convert_to_tensor=True)
+    for quantize, mean, worst in (("int8", 0.99, 0.95), ("bf16", 0.999, 0.99)):
+        got = SentenceTransformer(real_model_dir, device="cpu", quantize=quantize).encode(
+            SENTENCES, convert_to_tensor=True)
+        cosine = torch.nn.functional.cosine_similarity(got, reference)
+        assert got.dtype == torch.float32 and got.shape == reference.shape
+        assert cosine.mean() >= mean and cosine.min() >= worst, (quantize, cosine.mean(), cosine.min())
+        assert (got - reference).abs().max() > 1e-5  # really computed another way
+
+
+def test_bf16_autocast_keeps_float32_outputs(tiny_st_dir):
+    model = SentenceTransformer(tiny_st_dir, device="cpu", quantize="bf16")
+    assert model.encode(TINY_SENTENCES).dtype == np.float32
+    assert {t.dtype for t in model.encode(TINY_SENTENCES, output_value="token_embeddings")} == {torch.float32}
+    assert next(model.parameters()).dtype == torch.float32  # autocast leaves the weights alone
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fp16_on_cuda_is_within_a_hundredth_of_float32(tiny_st_dir):
+    reference = SentenceTransformer(tiny_st_dir, device="cuda").encode(TINY_SENTENCES, convert_to_tensor=True)
+    got = SentenceTransformer(tiny_st_dir, device="cuda", quantize="fp16").encode(TINY_SENTENCES,
+                                                                                  convert_to_tensor=True)
+    assert got.dtype == torch.float32
+    assert (1 - torch.nn.functional.cosine_similarity(got, reference)).max() <= 1e-2
+
+
+def test_bad_quantize_requests_are_refused(tmp_path, tiny_st_dir):
+    with pytest.raises(ValueError, match="quantize must be None, 'int8', 'bf16' or 'fp16', not 'int4'"):
+        SentenceTransformer(tiny_st_dir, device="cpu", quantize="int4")
+    with pytest.raises(ValueError, match="quantize='int8' runs on the CPU, not meta"):
+        SentenceTransformer(tiny_st_dir, device="meta", quantize="int8")
+    with pytest.raises(ValueError, match=r"backend must be 'hf' .* or 'minist' .*, not 'onnx'; for faster"):
+        SentenceTransformer(tiny_st_dir, device="cpu", backend="onnx")
+    model = SentenceTransformer(tiny_st_dir, device="cpu", quantize="int8")
+    with pytest.raises(ValueError, match="int8-quantized model cannot be saved"):
+        model.save(tmp_path / "int8")
+    assert not (tmp_path / "int8").exists()
+    loader = DataLoader([InputExample(texts=["a", "b"], label=1.0)], batch_size=1)
+    with pytest.raises(ValueError, match="int8-quantized model cannot be trained"):
+        model.fit([(loader, losses.CosineSimilarityLoss(model))])
