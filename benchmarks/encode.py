@@ -92,7 +92,7 @@ def peak_rss_mb() -> float:
 
 def batching(path: str, batch_size: int) -> dict:
     """sentence-transformers batches by count; minist by its token budget (its default)."""
-    return {"batch_size": batch_size} if path == "sentence-transformers" else {}
+    return {"batch_size": batch_size} if path.startswith("sentence-transformers") else {}
 
 
 def timed_encodes(models: dict, corpus: list[str], repeats: int, batch_size: int) -> tuple[dict, dict]:
