@@ -29,7 +29,10 @@ from minist.search import semantic_search
 
 def model_fingerprint(model) -> str:
     """sha256 of everything that decides a model's embeddings: its steps, settings and weights."""
-    digest = hashlib.sha256(f"{model!r} max_seq_length={model.max_seq_length}".encode())
+    settings = f"{model!r} max_seq_length={model.max_seq_length}"
+    if getattr(model, "quantize", None):  # bf16/fp16 autocast change the numbers but no weight
+        settings += f" quantize={model.quantize}"
+    digest = hashlib.sha256(settings.encode())
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -39,7 +42,8 @@ def model_fingerprint(model) -> str:
 class EmbeddingCache:
     """The texts and embeddings of one corpus, made by one model, kept in ``folder``."""
 
-    def __init__(self, folder: str | Path, model, normalize_embeddings: bool = True, batch_size: int = 32):
+    def __init__(self, folder: str | Path, model, normalize_embeddings: bool = True,
+                 batch_size: int | None = None):
         self.folder, self.model, self.batch_size = Path(folder), model, batch_size
         expected = {"model": getattr(model, "name_or_path", None), "fingerprint": model_fingerprint(model),
                     "normalize_embeddings": normalize_embeddings,

@@ -71,6 +71,16 @@ def test_fingerprint_sees_settings_too(model):
     assert model_fingerprint(model) == before
 
 
+def test_fingerprint_sees_quantize(tmp_path, model, tiny_st_dir):
+    """int8 changes weights; bf16 changes only the arithmetic, and must still count as another model."""
+    EmbeddingCache(tmp_path / "c", model).add(["the cat"])
+    for quantize in ("int8", "bf16"):
+        other = SentenceTransformer(tiny_st_dir, device="cpu", quantize=quantize)
+        assert model_fingerprint(other) != model_fingerprint(model)
+        with pytest.raises(ValueError, match="embeddings made by another model"):
+            EmbeddingCache(tmp_path / "c", other)
+
+
 def test_a_crashed_append_is_ignored_and_overwritten(tmp_path, model):
     cache = EmbeddingCache(tmp_path / "c", model)
     cache.add(TINY_SENTENCES[:3])

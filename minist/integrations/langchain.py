@@ -24,7 +24,7 @@ from minist.model import SentenceTransformer
 class MinistEmbeddings(Embeddings):
     """LangChain embeddings backed by a minist ``SentenceTransformer`` (given, or loaded by name or path)."""
 
-    def __init__(self, model: str | Path | SentenceTransformer = "all-MiniLM-L6-v2", batch_size: int = 32,
+    def __init__(self, model: str | Path | SentenceTransformer = "all-MiniLM-L6-v2", batch_size: int | None = None,
                  normalize_embeddings: bool = True, device: str | None = None):
         self.model = model if isinstance(model, SentenceTransformer) else SentenceTransformer(model, device=device)
         self.batch_size, self.normalize_embeddings = batch_size, normalize_embeddings
