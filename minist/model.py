@@ -7,7 +7,8 @@ The folder layout it reads and writes is sentence-transformers' own (``modules.j
 steps), so models move between the two libraries in both directions.
 Faster, a little less exact: ``quantize="int8"`` (CPU: int8 linear layers, see ``minist.quantization``),
 ``"bf16"`` or ``"fp16"`` (encode under ``torch.autocast``: matrix products in 16 bits, weights kept).
-Left out: prompts, multi-process and multi-GPU encoding, ONNX/OpenVINO backends.
+``backend="onnx"`` runs the transformer on ONNX Runtime (``minist.ort``), alone or with "int8".
+Left out: prompts, multi-process and multi-GPU encoding, the OpenVINO backend.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from minist import __version__
 from minist.dense import Dense
 from minist.hub import resolve_model_folder
 from minist.normalize import Normalize
+from minist.ort import onnx_model
 from minist.pooling import Pooling
 from minist.quantization import quantize_linear_layers
 from minist.saving import save_folder, write_modules_json
@@ -101,6 +103,8 @@ class SentenceTransformer(nn.Sequential):
                  quantize: Quantize | None = None):
         if quantize not in (None, "int8", *AUTOCAST_DTYPES):
             raise ValueError(f"quantize must be None, 'int8', 'bf16' or 'fp16', not {quantize!r}.")
+        if backend == "onnx" and quantize in AUTOCAST_DTYPES:
+            raise ValueError(f"quantize={quantize!r} runs torch.autocast; backend='onnx' takes None or 'int8'.")
         similarity_fn_name = None
         if model_name_or_path is not None:
             folder = resolve_model_folder(model_name_or_path, cache_folder)
@@ -114,16 +118,19 @@ class SentenceTransformer(nn.Sequential):
         self.name_or_path = None if model_name_or_path is None else str(model_name_or_path)
         self.similarity_fn_name = similarity_fn_name or "cosine"
         self.to(device or default_device())
-        self.quantize = quantize
-        if quantize == "int8":
-            if self.device.type != "cpu":
-                raise ValueError(f"quantize='int8' runs on the CPU, not {self.device.type}; use 'fp16' on a GPU.")
+        self.quantize, self.backend = quantize, backend
+        if (quantize == "int8" or backend == "onnx") and self.device.type != "cpu":
+            raise ValueError(f"quantize='int8' and backend='onnx' run on the CPU, not {self.device.type}; "
+                             "use quantize='fp16' on a GPU.")
+        if backend == "onnx":
+            self[0].auto_model = onnx_model(self[0], int8=quantize == "int8")
+        elif quantize == "int8":
             quantize_linear_layers(self[0].auto_model)
 
     # --- the pieces, for inspection -------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return next(self.parameters()).device
+        return next(self.parameters(), torch.empty(0)).device  # an ONNX model has no torch parameters: the CPU
 
     @property
     def tokenizer(self):
@@ -236,9 +243,9 @@ class SentenceTransformer(nn.Sequential):
     # --- save --------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
         """Write the model in sentence-transformers' layout, all or nothing (see ``minist.saving``)."""
-        if self.quantize == "int8":
-            raise ValueError("An int8-quantized model cannot be saved (its float weights are gone): save the "
-                             "float32 model and load that with quantize='int8'.")
+        if self.quantize == "int8" or self.backend == "onnx":
+            raise ValueError("An int8-quantized or ONNX model cannot be saved (its torch weights are gone): save the "
+                             "float32 model and load that with quantize='int8' or backend='onnx'.")
         save_folder(self._write, path)
 
     def _write(self, folder: Path) -> None:

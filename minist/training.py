@@ -77,9 +77,9 @@ def fit(model, train_objectives: list[tuple[DataLoader, Loss]], evaluator=None, 
         output_path: str | Path | None = None, save_best_model: bool = True, show_progress_bar: bool = True,
         use_amp: bool = False, checkpoint_path: str | Path | None = None, checkpoint_save_steps: int = 500) -> None:
     """Train ``model`` in place; the loss of every step is appended to ``model.training_history``."""
-    if model.quantize == "int8":
-        raise ValueError("An int8-quantized model cannot be trained: fine-tune the float32 model, save it, "
-                         "then load it with quantize='int8'.")
+    if model.quantize == "int8" or model.backend == "onnx":
+        raise ValueError("An int8-quantized or ONNX model cannot be trained: fine-tune the float32 model, save "
+                         "it, then load it with quantize='int8' or backend='onnx'.")
     lr = (optimizer_params or {"lr": 2e-5}).get("lr", 2e-5)
     if not lr > 0:
         raise ValueError(f"The learning rate must be positive, not {lr}.")

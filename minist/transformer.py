@@ -3,7 +3,7 @@
 A thin wrapper over a Hugging Face fast tokenizer and ``transformers.AutoModel``, as
 sentence-transformers' ``Transformer`` module is. Texts are cut at ``max_seq_length`` tokens,
 from the right, exactly as the tokenizer's ``truncation=True`` does.
-Left out: prompts, images and audio, ``trust_remote_code``, the ONNX and OpenVINO backends.
+Left out: prompts, images and audio, ``trust_remote_code``, the OpenVINO backend.
 With ``backend="minist"`` the model is ``minist.bert``'s from-scratch BERT (BERT-family folders only).
 """
 
@@ -23,7 +23,7 @@ from transformers.utils import logging as hf_logging
 
 from minist import bert
 
-Backend = Literal["hf", "minist"]
+Backend = Literal["hf", "minist", "onnx"]
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -80,11 +80,12 @@ class Transformer(nn.Module):
     def load(cls, folder: Path, backend: Backend = "hf") -> Transformer:
         """Load a Hugging Face model folder; ``sentence_bert_config.json``, when present, sets the options.
 
-        ``backend="minist"`` runs the from-scratch ``minist.bert.BertModel`` instead of transformers' model.
+        ``backend="minist"`` runs the from-scratch ``minist.bert.BertModel`` instead of transformers' model;
+        "onnx" loads transformers' model, which ``SentenceTransformer`` then exports (``minist.ort``).
         """
-        if backend not in ("hf", "minist"):
-            raise ValueError(f"backend must be 'hf' (transformers) or 'minist' (minist.bert), not {backend!r}; "
-                             "for faster inference pass quantize='int8', 'bf16' or 'fp16' to SentenceTransformer.")
+        if backend not in ("hf", "minist", "onnx"):
+            raise ValueError(f"backend must be 'hf' (transformers), 'minist' (minist.bert) or 'onnx' (ONNX Runtime), "
+                             f"not {backend!r}.")
         folder = Path(folder)
         check_model_folder(folder)
         options_file = folder / "sentence_bert_config.json"

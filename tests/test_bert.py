@@ -69,4 +69,4 @@ def test_bad_input(tmp_path, tiny_hf_dir, tiny_st_dir):
     with pytest.raises(ValueError, match=r"'roberta' model; minist\.bert reads BERT only"):
         BertModel.from_pretrained(folder)
     with pytest.raises(ValueError, match="backend must be"):
-        SentenceTransformer(tiny_st_dir, backend="onnx")
+        SentenceTransformer(tiny_st_dir, backend="openvino")

@@ -1,4 +1,4 @@
-"""The fast paths: batches by token budget (same numbers), int8 linear layers and 16-bit autocast (close numbers)."""
+"""The fast paths: token-budget batches and ONNX Runtime (same numbers); int8 and 16-bit autocast (close numbers)."""
 
 import random
 
@@ -104,14 +104,76 @@ def test_fp16_on_cuda_is_within_a_hundredth_of_float32(tiny_st_dir):
 def test_bad_quantize_requests_are_refused(tmp_path, tiny_st_dir):
     with pytest.raises(ValueError, match="quantize must be None, 'int8', 'bf16' or 'fp16', not 'int4'"):
         SentenceTransformer(tiny_st_dir, device="cpu", quantize="int4")
-    with pytest.raises(ValueError, match="quantize='int8' runs on the CPU, not meta"):
+    with pytest.raises(ValueError, match="quantize='int8' and backend='onnx' run on the CPU, not meta"):
         SentenceTransformer(tiny_st_dir, device="meta", quantize="int8")
-    with pytest.raises(ValueError, match=r"backend must be 'hf' .* or 'minist' .*, not 'onnx'; for faster"):
-        SentenceTransformer(tiny_st_dir, device="cpu", backend="onnx")
+    with pytest.raises(ValueError, match=r"backend must be 'hf' .*, 'minist' .* or 'onnx' .*, not 'openvino'"):
+        SentenceTransformer(tiny_st_dir, device="cpu", backend="openvino")
     model = SentenceTransformer(tiny_st_dir, device="cpu", quantize="int8")
-    with pytest.raises(ValueError, match="int8-quantized model cannot be saved"):
+    with pytest.raises(ValueError, match="int8-quantized or ONNX model cannot be saved"):
         model.save(tmp_path / "int8")
     assert not (tmp_path / "int8").exists()
     loader = DataLoader([InputExample(texts=["a", "b"], label=1.0)], batch_size=1)
-    with pytest.raises(ValueError, match="int8-quantized model cannot be trained"):
+    with pytest.raises(ValueError, match="int8-quantized or ONNX model cannot be trained"):
         model.fit([(loader, losses.CosineSimilarityLoss(model))])
+
+
+# --- the ONNX Runtime backend ---------------------------------------------------------------------------
+@pytest.fixture
+def onnx_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIST_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "onnx"
+
+
+@pytest.mark.parametrize("family", ["bert", "distilbert"])  # with and without token_type_ids
+def test_onnx_backend_equals_sentence_transformers_and_is_cached(family, tmp_path, onnx_cache, monkeypatch):
+    from model_families import build
+    from sentence_transformers import SentenceTransformer as STModel
+
+    folder = build(family, tmp_path / family)
+    expected = STModel(str(folder), device="cpu").encode(TINY_SENTENCES)
+    model = SentenceTransformer(folder, device="cpu", backend="onnx")
+    assert type(model[0].auto_model).__name__ == "OnnxModel" and model.device.type == "cpu"
+    np.testing.assert_allclose(model.encode(TINY_SENTENCES, max_batch_tokens=16), expected, atol=1e-5)
+    assert [p.name for p in onnx_cache.glob("*/*")] == ["model.onnx"]
+
+    def no_second_export(*args):
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr("minist.ort.export", no_second_export)
+    again = SentenceTransformer(folder, device="cpu", backend="onnx")  # from the cache
+    np.testing.assert_allclose(again.encode(TINY_SENTENCES), expected, atol=1e-5)
+
+
+def test_a_wrong_export_is_refused_and_not_cached(tiny_hf_dir, onnx_cache, monkeypatch):
+    monkeypatch.setattr("minist.ort.OnnxModel.forward", lambda self, *inputs: torch.zeros(1))
+    with pytest.raises(RuntimeError, match="ONNX export differs from the torch model"):
+        SentenceTransformer(tiny_hf_dir, device="cpu", backend="onnx")
+    assert not list(onnx_cache.glob("*/*"))
+
+
+@pytest.mark.real_model
+def test_onnx_int8_stays_close_to_float32(real_model_dir, onnx_cache):
+    reference = SentenceTransformer(real_model_dir, device="cpu").encode(SENTENCES, convert_to_tensor=True)
+    got = SentenceTransformer(real_model_dir, device="cpu", backend="onnx", quantize="int8").encode(
+        SENTENCES, convert_to_tensor=True)
+    cosine = torch.nn.functional.cosine_similarity(got, reference)
+    assert cosine.mean() >= 0.99 and cosine.min() >= 0.95, (cosine.mean(), cosine.min())
+    assert sorted(p.name for p in onnx_cache.glob("*/*")) == ["model.onnx", "model_int8.onnx"]
+
+
+def test_onnx_backend_without_onnxruntime_names_the_extra(tiny_hf_dir, onnx_cache, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)  # as if not installed
+    with pytest.raises(ImportError, match=r'pip install "minist\[onnx\]"'):
+        SentenceTransformer(tiny_hf_dir, device="cpu", backend="onnx")
+
+
+def test_onnx_backend_refuses_what_it_cannot_do(tmp_path, tiny_st_dir, onnx_cache):
+    with pytest.raises(ValueError, match="backend='onnx' takes None or 'int8'"):
+        SentenceTransformer(tiny_st_dir, device="cpu", backend="onnx", quantize="bf16")
+    with pytest.raises(ValueError, match="run on the CPU, not meta"):
+        SentenceTransformer(tiny_st_dir, device="meta", backend="onnx")
+    model = SentenceTransformer(tiny_st_dir, device="cpu", backend="onnx")
+    with pytest.raises(ValueError, match="ONNX model cannot be saved"):
+        model.save(tmp_path / "onnx")
+    with pytest.raises(ValueError, match="ONNX model cannot be trained"):
+        model.fit([(DataLoader([InputExample(texts=["a", "b"], label=1.0)]), losses.CosineSimilarityLoss(model))])
