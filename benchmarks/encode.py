@@ -6,9 +6,11 @@ Corpora: (a) "spread": 3,000 texts built from data/corpus.jsonl and STS-B senten
 sentence, 30% two to six, 15% fifteen to thirty (past 256 tokens, so truncated); (b) "stsb": the 2,552
 distinct sentences of the STS-B test split. Needs ../shared/data/stsb (not in this repository).
 
-Paths: sentence-transformers and minist in float32 (the same numbers), and minist's faster, inexact
-``quantize="int8"`` and ``"bf16"``; on a CUDA machine also both libraries in fp16 (``quantize="fp16"``
-for minist, ``model.half()`` for sentence-transformers).
+Paths: sentence-transformers and minist in float32 (the same numbers), minist on ONNX Runtime
+(``backend="onnx"``, the same numbers too), and minist's faster, inexact ``quantize="int8"`` (torch and
+ONNX Runtime) and ``"bf16"``; on a CUDA machine also both libraries in fp16 (``quantize="fp16"`` for
+minist, ``model.half()`` for sentence-transformers). The ONNX export is cached (``$MINIST_CACHE``); the
+first load of this run, with the export if the cache was cold, is timed too.
 - Speed: the paths run interleaved in this process (minist, sentence-transformers, int8, ..., minist, ...)
   and the medians are compared, since absolute times drift by 10-20% between runs on shared machines.
   minist forms batches by token budget (its default); sentence-transformers gets ``--batch-size``.
@@ -51,10 +53,12 @@ def load(path: str, folder: str, device: str = "cpu"):
         return SentenceTransformer(folder, device=device)
     from minist import SentenceTransformer
 
-    return SentenceTransformer(folder, device=device, quantize=PATHS[path])
+    return SentenceTransformer(folder, device=device, **PATHS[path])
 
 
-PATHS = {"minist": None, "sentence-transformers": None, "minist int8": "int8", "minist bf16": "bf16"}
+PATHS = {"minist": {}, "sentence-transformers": {}, "minist int8": {"quantize": "int8"},
+         "minist bf16": {"quantize": "bf16"}, "minist onnx": {"backend": "onnx"},
+         "minist onnx int8": {"backend": "onnx", "quantize": "int8"}}
 
 
 def spread_corpus(n: int = 3000, seed: int = 0) -> list[str]:
@@ -147,7 +151,12 @@ def main() -> None:
 
     from scipy.stats import spearmanr
 
-    models = {path: load(path, folder) for path in PATHS}
+    models, first_load = {}, {}
+    for path in PATHS:
+        start = time.perf_counter()
+        models[path] = load(path, folder)
+        first_load[path] = time.perf_counter() - start
+    print("first load in this run:", ", ".join(f"{path} {s:.1f} s" for path, s in first_load.items()))
     print(f"model {args.model}, sentence-transformers batch {args.batch_size}, minist batches of up to 2,048 "
           f"tokens, {torch.get_num_threads()} threads, torch {torch.__version__}\n")
     for name, model in models.items():  # warm-up
@@ -156,9 +165,9 @@ def main() -> None:
     for corpus_name, corpus in corpora().items():
         rates[corpus_name], outputs = timed_encodes(models, corpus, args.repeats, args.batch_size)
         r, st = rates[corpus_name], rates[corpus_name]["sentence-transformers"]
-        diff = np.abs(outputs["minist"] - outputs["sentence-transformers"]).max()
+        diff = max(np.abs(outputs[path] - outputs["sentence-transformers"]).max() for path in ("minist", "minist onnx"))
         print(f"{corpus_name}: {len(corpus)} texts, texts/s (median of {args.repeats}), ratio to "
-              f"sentence-transformers; float32 max abs diff {diff:.1e}")
+              f"sentence-transformers; float32 paths' max abs diff to it {diff:.1e}")
         for name, rate in r.items():
             print(f"  {name:>22}: {rate:7.1f}/s  {rate / st:.2f}x")
         stsb_outputs = outputs
@@ -185,7 +194,9 @@ def main() -> None:
     gflop = corpus_gflop(models["minist"], spread)
     bound = len(spread) / (gflop / gflops)
     print(f"\nphysical bound on (a): {gflop:.0f} GFLOP at real token counts / {gflops:.0f} GFLOP/s measured "
-          f"= {bound:.1f} texts/s; minist float32 reaches {rates['(a) spread']['minist'] / bound:.0%} of it")
+          f"= {bound:.1f} texts/s; minist float32 reaches {rates['(a) spread']['minist'] / bound:.0%} of it "
+          f"(on ONNX Runtime {rates['(a) spread']['minist onnx'] / bound:.0%}, sentence-transformers "
+          f"{rates['(a) spread']['sentence-transformers'] / bound:.0%})")
 
     sentences = list(dict.fromkeys(s for split in ("train", "dev") for a, b, _ in read_stsb(split) for s in (a, b)))
     random.Random(0).shuffle(sentences)  # 1,000 and 10,000 drawn alike

@@ -88,10 +88,11 @@ def load_steps(folder: Path, backend: Backend = "hf") -> list[nn.Module]:
 class SentenceTransformer(nn.Sequential):
     """Load a model by folder, Hub id or short name, or build one from ``modules``.
 
-    ``backend="minist"`` runs BERT-family models on the from-scratch ``minist.bert`` (default "hf":
-    transformers). ``quantize`` trades a little accuracy for speed (default None: float32, the
-    same numbers as sentence-transformers): "int8" on CPUs, "fp16" on GPUs, "bf16" on CPUs and GPUs
-    that have bfloat16 units. Notebook 08 measures what each buys on your machine.
+    ``backend``: "hf" (default, transformers), "minist" (BERT-family models on the from-scratch
+    ``minist.bert``) or "onnx" (CPU: ONNX Runtime, same numbers, faster; see ``minist.ort``).
+    ``quantize`` trades a little accuracy for speed (default None: float32, the same numbers as
+    sentence-transformers): "int8" on CPUs, "fp16" on GPUs, "bf16" on CPUs and GPUs that have bfloat16
+    units. Notebook 08 measures what each buys on your machine.
 
     >>> model = SentenceTransformer("all-MiniLM-L6-v2")  # doctest: +SKIP
     >>> model.encode(["A cat sleeps.", "A kitten naps."]).shape  # doctest: +SKIP
