@@ -76,7 +76,7 @@ def onnx_model(transformer, int8: bool = False) -> OnnxModel:
         from onnxruntime.quantization import QuantType, quantize_dynamic
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
-        prepared, partial = folder / "prepared.partial", quantized.with_suffix(".partial")
+        prepared, partial = folder / f"prepared.{os.getpid()}.partial", quantized.with_suffix(f".{os.getpid()}.partial")
         quant_pre_process(fp32, prepared, skip_symbolic_shape=True)  # (symbolic shape inference fails on BERT)
         silent = logging.NullHandler()  # the quantizer logs through the root logger, which would print it
         logging.getLogger().addHandler(silent)
@@ -106,17 +106,19 @@ def export(transformer, path: Path, names: list[str]) -> None:
 
     longest = getattr(transformer.auto_model.config, "max_position_embeddings", transformer.max_seq_length)
     batch, seq = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("seq", min=2, max=longest)
-    partial = path.with_suffix(".partial")
+    partial = path.with_suffix(f".{os.getpid()}.partial")  # one per process: two may export at once
     exporter_log = logging.getLogger("torch.onnx")
     level = exporter_log.level
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():  # the exporter narrates
         warnings.simplefilter("ignore")
         exporter_log.setLevel(logging.ERROR)
-        program = torch.onnx.export(LastHiddenState(transformer.auto_model).eval(), inputs, dynamo=True,
-                                    input_names=names, output_names=["last_hidden_state"],
-                                    dynamic_shapes={name: {0: batch, 1: seq} for name in names})
-        program.save(str(partial), external_data=False)
-    exporter_log.setLevel(level)
+        try:
+            program = torch.onnx.export(LastHiddenState(transformer.auto_model).eval(), inputs, dynamo=True,
+                                        input_names=names, output_names=["last_hidden_state"],
+                                        dynamic_shapes={name: {0: batch, 1: seq} for name in names})
+            program.save(str(partial), external_data=False)
+        finally:
+            exporter_log.setLevel(level)
     got = OnnxModel(partial, None, names)(*inputs)
     with torch.inference_mode():
         expected = transformer.auto_model(**sample).last_hidden_state
