@@ -2,7 +2,7 @@
 
 Why another runtime: ONNX Runtime fuses attention, GELU and layer norms into a few kernels, and its
 matrix products use AVX-512 where PyTorch's MKL may not (on AMD CPUs). On the development machine it
-encoded 1.5x as fast as sentence-transformers on long texts, with the same numbers (2.4e-7 apart).
+encoded 1.5x as fast as sentence-transformers on long texts, with the same numbers (3e-7 apart).
 With ``quantize="int8"`` the exported graph is quantized by ONNX Runtime's own dynamic int8
 (``quantize_dynamic``, weights per output channel).
 
