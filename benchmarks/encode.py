@@ -42,6 +42,8 @@ import numpy as np
 import torch
 from stsb import read_stsb
 
+from minist.similarity import pairwise_cos_sim
+
 DATA = Path(__file__).resolve().parents[1] / "data"
 
 
@@ -76,7 +78,7 @@ def corpora() -> dict[str, list[str]]:
 
 
 def child(path: str, folder: str, batch_size: int) -> None:
-    """In a fresh process: load, encode corpus (a), print load time and peak memory as JSON."""
+    """In a fresh process: load, encode the first 1,000 texts of corpus (a), print load time and peak memory."""
     start = time.perf_counter()
     model = load(path, folder)  # the import is part of loading, as in a fresh session
     seconds = time.perf_counter() - start
@@ -110,12 +112,8 @@ def timed_encodes(models: dict, corpus: list[str], repeats: int, batch_size: int
     return {name: len(corpus) / statistics.median(s) for name, s in seconds.items()}, outputs
 
 
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-
-
 def matmul_gflops(repeats: int = 20) -> float:
-    """fp32 matrix-product rate of this machine at MiniLM's shapes (4,096 tokens x 384 -> 1,536)."""
+    """PyTorch's fp32 matrix-product rate here at MiniLM's shapes (4,096 tokens x 384 -> 1,536), GFLOP/s."""
     a, b = torch.randn(4096, 384), torch.randn(384, 1536)
     a @ b  # warm-up
     times = []
@@ -176,8 +174,8 @@ def main() -> None:
     print("\nSTS-B test: Spearman x100; cosine of each of the 2,552 sentences to minist float32 (mean, worst)")
     for name, model in models.items():
         a, b = (model.encode(part, **batching(name, args.batch_size)) for part in (first, second))
-        spearman = 100 * spearmanr(cosines(a, b), scores).statistic
-        cosine = cosines(stsb_outputs[name], stsb_outputs["minist"])
+        spearman = 100 * spearmanr(pairwise_cos_sim(a, b).numpy(), scores).statistic
+        cosine = pairwise_cos_sim(stsb_outputs[name], stsb_outputs["minist"])
         print(f"  {name:>22}: {spearman:.2f}  cosine {cosine.mean():.4f}, {cosine.min():.4f}")
 
     print("\nfresh process each: load, encode 1,000 texts of (a); medians of", args.repeats)
@@ -227,7 +225,7 @@ def gpu(folder: str, repeats: int, batch_size: int) -> None:
     print(f"\nGPU ({torch.cuda.get_device_name()}), corpus (a), texts/s, ratio to sentence-transformers float32, "
           "worst cosine to minist float32:")
     for name, rate in rates.items():
-        cosine = cosines(outputs[name].astype(np.float32), outputs["minist"])
+        cosine = pairwise_cos_sim(outputs[name].astype(np.float32), outputs["minist"])
         print(f"  {name:>26}: {rate:8.1f}/s  {rate / rates['sentence-transformers']:.2f}x  {cosine.min():.4f}")
 
 
