@@ -27,7 +27,7 @@ from minist.quantization import (
     quantize_embeddings,
     unpack_binary,
 )
-from minist.search import as_matrix, check_finite, semantic_search
+from minist.search import as_matrix, check_finite, check_top_k, semantic_search
 from minist.similarity import dot_score, normalize_embeddings
 
 
@@ -51,9 +51,12 @@ class VectorIndex:
         check_finite(corpus, "corpus_embeddings")
         unit = normalize_embeddings(corpus).numpy()
         self.precision, self.method, self.dimension = precision, method, unit.shape[1]
+        self.graph = None
+        if not len(unit):  # an empty corpus: nothing to quantize or link; every search finds nothing
+            self.ranges, self.vectors = ranges, unit
+            return
         self.ranges = quantization_ranges(unit) if precision == "int8" and ranges is None else ranges
         self.vectors = quantize_embeddings(unit, precision, self.ranges)  # what the index keeps
-        self.graph = None
         if method == "hnsw":
             try:
                 from usearch.index import Index
@@ -75,12 +78,20 @@ class VectorIndex:
         return self.vectors.nbytes + (self.graph.memory_usage if self.graph is not None else 0)
 
     def search(self, query_embeddings, top_k: int = 10, rescore_multiplier: int = 4) -> list[list[dict]]:
-        """Per query, up to ``top_k`` hits ``{"corpus_id", "score"}``, best first; scores are cosine similarities."""
-        queries = normalize_embeddings(as_matrix(query_embeddings, "query_embeddings")).numpy()
-        if queries.shape[1] != self.dimension:
+        """Per query, up to ``top_k`` hits ``{"corpus_id", "score"}``, best first; scores are cosine similarities.
+
+        ``top_k=0`` gives empty lists and no queries ``[]``; a negative ``top_k`` or a NaN query is a ValueError.
+        """
+        check_top_k(top_k)
+        if isinstance(rescore_multiplier, bool) or not isinstance(rescore_multiplier, int) or rescore_multiplier < 1:
+            raise ValueError(f"rescore_multiplier must be a whole number, 1 or more, not {rescore_multiplier!r}.")
+        queries = as_matrix(query_embeddings, "query_embeddings")
+        check_finite(queries, "query_embeddings")
+        queries = normalize_embeddings(queries).numpy()
+        if len(queries) and self.dimension and queries.shape[1] != self.dimension:
             raise ValueError(f"query_embeddings have dimension {queries.shape[1]} but the index holds "
                              f"{self.dimension}.")
-        if not len(self):
+        if not len(queries) or not len(self) or top_k == 0:
             return [[] for _ in queries]
         k = min(top_k if self.precision == "float32" else top_k * rescore_multiplier, len(self))
         ids = self._candidates(queries, k)  # (queries, k)

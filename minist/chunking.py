@@ -4,13 +4,18 @@ A model reads at most ``max_seq_length`` tokens and ``encode`` truncates the res
 embedding stands only for its opening. ``chunk_text`` cuts the text into windows of whole tokens, each
 short enough to be read in full, with ``overlap`` tokens shared by neighbours so that a sentence on a
 border appears whole in at least one chunk. Chunks are exact slices of the original text, with their
-character offsets, so search hits can be traced back. Left out: splitting on sentence or paragraph
-boundaries.
+character offsets, so search hits can be traced back. A bad argument is refused by name before any
+tokenizing. Left out: splitting on sentence or paragraph boundaries; slow (Python) tokenizers, which
+give no character offsets.
 """
 
 from __future__ import annotations
 
+import numbers
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+from minist.inputs import check_text
 
 
 @dataclass(frozen=True)
@@ -20,17 +25,35 @@ class Chunk:
     end: int
 
 
+def window_width(tokenizer, max_tokens: int, overlap: int) -> int:
+    """How many text tokens a chunk holds (``max_tokens`` less the special tokens); each argument is checked."""
+    if not getattr(tokenizer, "is_fast", False):  # only the Rust tokenizers give character offsets
+        raise TypeError(f"tokenizer must be a fast Hugging Face tokenizer (model.tokenizer), which gives character "
+                        f"offsets; got a {type(tokenizer).__name__}.")
+    for name, value in (("max_tokens", max_tokens), ("overlap", overlap)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ValueError(f"{name} must be an int, not {type(value).__name__} {value!r:.40}.")
+    special = tokenizer.num_special_tokens_to_add()  # [CLS] ... [SEP]
+    if max_tokens <= special:
+        raise ValueError(f"max_tokens={max_tokens} leaves no room for text beside the tokenizer's {special} special "
+                         f"tokens; it must be at least {special + 1}.")
+    if max_tokens > tokenizer.model_max_length:  # the model would truncate each chunk, the very thing to avoid
+        raise ValueError(f"max_tokens={max_tokens} is more than the model reads (tokenizer.model_max_length="
+                         f"{tokenizer.model_max_length}).")
+    width = max_tokens - special
+    if not 0 <= overlap < width:
+        raise ValueError(f"overlap must be at least 0 and below {width} (the tokens a chunk holds), not {overlap}.")
+    return width
+
+
 def chunk_text(text: str, tokenizer, max_tokens: int, overlap: int = 32) -> list[Chunk]:
     """``text`` -> chunks of at most ``max_tokens`` tokens (special tokens included), ``overlap`` shared.
 
     >>> chunk_text(long_text, model.tokenizer, model.max_seq_length)  # doctest: +SKIP
     [Chunk(text='...', start=0, end=1204), Chunk(text='...', start=1075, end=2230), ...]
     """
-    if not isinstance(text, str):
-        raise TypeError(f"chunk_text takes a string, not a {type(text).__name__}.")
-    width = max_tokens - tokenizer.num_special_tokens_to_add()  # room for [CLS] ... [SEP]
-    if not 0 <= overlap < width:
-        raise ValueError(f"overlap must be at least 0 and below {width} (the tokens a chunk holds), not {overlap}.")
+    check_text(text, "text")
+    width = window_width(tokenizer, max_tokens, overlap)
     # verbose=False: a text longer than the model reads is the point here, not a mistake to warn about.
     offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)["offset_mapping"]
     chunks = []
@@ -48,6 +71,13 @@ def chunk_text(text: str, tokenizer, max_tokens: int, overlap: int = 32) -> list
 def chunk_documents(documents: list[str], tokenizer, max_tokens: int, overlap: int = 32
                     ) -> tuple[list[str], list[int]]:
     """Many documents -> (all their chunk texts, the index of the document each chunk came from)."""
+    if isinstance(documents, str) or not isinstance(documents, Iterable):  # a string would go letter by letter
+        raise TypeError(f"documents must be a list of strings (chunk_text takes one), not a "
+                        f"{type(documents).__name__}.")
+    documents = list(documents)
+    for number, document in enumerate(documents):
+        check_text(document, f"documents[{number}]")
+    window_width(tokenizer, max_tokens, overlap)  # the arguments are checked even when there are no documents
     texts, owners = [], []
     for number, document in enumerate(documents):
         for chunk in chunk_text(document, tokenizer, max_tokens, overlap):

@@ -3,7 +3,8 @@
 Some sentence-transformers models (e.g. LaBSE, the sentence-t5 family) end with a ``Dense`` module
 that projects the pooled vector to another size. Its folder holds ``config.json``
 (``in_features``, ``out_features``, ``bias``, ``activation_function``) and the ``linear`` weights.
-Left out: ``use_residual`` and activation functions outside ``torch.nn``.
+A config that does not fit its weights is named with both shapes.
+Left out: ``use_residual`` and activation functions outside ``torch.nn`` (or that take arguments).
 """
 
 from __future__ import annotations
@@ -16,14 +17,22 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from minist.hub import json_field, read_json
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
 
 def activation_from_name(name: str) -> nn.Module:
     """``"torch.nn.modules.activation.Tanh"`` -> ``nn.Tanh()``; only classes from ``torch.nn`` are built."""
     module_name, _, class_name = name.rpartition(".")
-    cls = getattr(importlib.import_module(module_name), class_name, None) if name.startswith("torch.nn.") else None
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise ValueError(f"Unsupported activation_function {name!r}: minist builds only torch.nn modules.")
-    return cls()
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name, None) if name.startswith("torch.nn.") else None
+        if isinstance(cls, type) and issubclass(cls, nn.Module):
+            return cls()
+    except (ImportError, TypeError):  # no such torch.nn module, or a class that needs arguments (nn.Linear)
+        pass
+    raise ValueError(f"Unsupported activation_function {name!r}: minist builds only torch.nn modules that take "
+                     "no arguments.")
 
 
 class Dense(nn.Module):
@@ -43,16 +52,33 @@ class Dense(nn.Module):
 
     @classmethod
     def load(cls, folder: Path) -> Dense:
+        """Build from ``config.json``, then load the weights, whose shapes must be the ones it names."""
         folder = Path(folder)
-        config = json.loads((folder / "config.json").read_text())
-        activation = activation_from_name(config.get("activation_function", "torch.nn.modules.activation.Tanh"))
-        dense = cls(config["in_features"], config["out_features"], config.get("bias", True), activation)
-        if (folder / "model.safetensors").is_file():
-            state = load_file(folder / "model.safetensors")
-        elif (folder / "pytorch_model.bin").is_file():
-            state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
-        else:
-            raise FileNotFoundError(f"No Dense weights in {folder}: expected model.safetensors or pytorch_model.bin.")
+        path = folder / "config.json"
+        config = read_json(path)
+        sizes = [json_field(config, key, int, path) for key in ("in_features", "out_features")]
+        if min(sizes) < 1:
+            raise ValueError(f"{path}: in_features and out_features must be at least 1, not {sizes}.")
+        name = json_field(config, "activation_function", str, path, "torch.nn.modules.activation.Tanh")
+        try:
+            activation = activation_from_name(name)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from error
+        dense = cls(*sizes, json_field(config, "bias", bool, path, True), activation)
+        weights = next((folder / f for f in WEIGHT_FILES if (folder / f).is_file()), None)
+        if weights is None:
+            raise FileNotFoundError(f"No Dense weights in {folder}: expected {' or '.join(WEIGHT_FILES)}.")
+        try:
+            if weights.suffix == ".safetensors":
+                state = load_file(weights)
+            else:
+                state = torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as error:  # safetensors, zip and pickle readers each raise their own kind
+            raise ValueError(f"{weights} is damaged: not a readable weights file ({error}).") from error
+        expected = {key: tuple(value.shape) for key, value in dense.state_dict().items()}
+        found = {key: tuple(value.shape) for key, value in state.items()}
+        if found != expected:
+            raise ValueError(f"{weights} holds {found}, but {path} asks for {expected}.")
         dense.load_state_dict(state)
         return dense
 

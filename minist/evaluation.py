@@ -7,6 +7,8 @@
 
 Calling an evaluator returns a dict of metrics named as in sentence-transformers (``spearman_cosine``,
 ``cosine_ndcg@10``; prefixed with ``name_`` when a name is given), and sets ``primary_metric``.
+Data that cannot give a score (no pairs, one pair, NaN or constant gold scores, no query with a relevant
+document in the corpus) is refused when the evaluator is built, naming what is wrong, rather than scored NaN.
 Left out: prompts, quantized precisions, the other evaluators.
 """
 
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import csv
 import math
+import numbers
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +50,32 @@ class Evaluator:
         return metrics
 
 
+def check_texts(name: str, texts) -> None:
+    """Refuse anything but a list of strings (a single string would be read as a list of characters)."""
+    if isinstance(texts, str):
+        raise TypeError(f"{name} must be a list of strings, not str.")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"{name}[{i}] is {text!r:.40}, not a string.")
+
+
+def check_pairs(sentences1: list[str], sentences2: list[str], scores: list[float]) -> None:
+    """Refuse pairs whose correlation with the gold scores cannot be computed, naming why."""
+    check_texts("sentences1", sentences1)
+    check_texts("sentences2", sentences2)
+    if not len(sentences1) == len(sentences2) == len(scores):
+        raise ValueError(f"sentences1, sentences2 and scores differ in length: "
+                         f"{len(sentences1)}, {len(sentences2)}, {len(scores)}.")
+    if len(scores) < 2:
+        raise ValueError(f"EmbeddingSimilarityEvaluator needs at least 2 pairs, got {len(scores)}: "
+                         "a correlation of fewer is undefined.")
+    for i, score in enumerate(scores):
+        if not isinstance(score, numbers.Real) or not math.isfinite(score):
+            raise ValueError(f"scores[{i}] is {score!r:.40}; every gold score must be a finite number.")
+    if len(set(scores)) == 1:
+        raise ValueError(f"Every gold score is {scores[0]}: a correlation with constant scores is undefined.")
+
+
 class EmbeddingSimilarityEvaluator(Evaluator):
     """Correlation between the model's similarity of each pair and its gold score.
 
@@ -56,9 +86,7 @@ class EmbeddingSimilarityEvaluator(Evaluator):
     def __init__(self, sentences1: list[str], sentences2: list[str], scores: list[float], batch_size: int = 16,
                  main_similarity: str | None = None, similarity_fn_names: list[str] | None = None, name: str = "",
                  show_progress_bar: bool = False, write_csv: bool = True, truncate_dim: int | None = None):
-        if not len(sentences1) == len(sentences2) == len(scores):
-            raise ValueError(f"sentences1, sentences2 and scores differ in length: "
-                             f"{len(sentences1)}, {len(sentences2)}, {len(scores)}.")
+        check_pairs(sentences1, sentences2, scores)
         unknown = {main_similarity, *(similarity_fn_names or [])} - {None, *PAIRWISE_FUNCTIONS}
         if unknown:
             raise ValueError(f"Unknown similarity {sorted(unknown)}; choose from {', '.join(PAIRWISE_FUNCTIONS)}.")
@@ -70,6 +98,10 @@ class EmbeddingSimilarityEvaluator(Evaluator):
 
     @classmethod
     def from_input_examples(cls, examples, **kwargs) -> EmbeddingSimilarityEvaluator:
+        """Pairs from ``InputExample(texts=[a, b], label=score)``; example i's label becomes ``scores[i]``."""
+        for i, example in enumerate(examples):
+            if len(example.texts) != 2:
+                raise ValueError(f"Example {i} has {len(example.texts)} texts; a pair has 2.")
         return cls([e.texts[0] for e in examples], [e.texts[1] for e in examples], [e.label for e in examples],
                    **kwargs)
 
@@ -122,8 +154,39 @@ def retrieval_metrics(ranked: list[list[str]], relevant: list[set[str]], accurac
     return {name: float(np.mean(values)) for name, values in per_query.items()}
 
 
+def check_retrieval_data(queries: dict[str, str], corpus: dict[str, str], relevant_docs: dict[str, set[str]],
+                         ks: dict[str, list[int]]) -> None:
+    """Refuse retrieval data that cannot be scored: empty, of the wrong shape, or with nothing to find."""
+    for name, mapping in [("queries", queries), ("corpus", corpus), ("relevant_docs", relevant_docs)]:
+        if not isinstance(mapping, Mapping):
+            raise TypeError(f"{name} must be a dict keyed by id, not {type(mapping).__name__}.")
+    if not queries:
+        raise ValueError("InformationRetrievalEvaluator got no queries.")
+    if not corpus:
+        raise ValueError("InformationRetrievalEvaluator got an empty corpus.")
+    for name, texts in [("queries", queries), ("corpus", corpus)]:
+        for key, text in texts.items():
+            if not isinstance(text, str):
+                raise TypeError(f"{name}[{key!r}] is {text!r:.40}, not a string.")
+    for qid, wanted in relevant_docs.items():
+        if isinstance(wanted, str):  # set("d1") would be {"d", "1"}
+            raise TypeError(f"relevant_docs[{qid!r}] is the string {wanted!r}; give a set of corpus ids: "
+                            f"{{{wanted!r}}}.")
+    if not any(set(relevant_docs.get(qid) or ()) & corpus.keys() for qid in queries):
+        raise ValueError(f"None of the {len(queries)} queries has a relevant document in the corpus: relevant_docs "
+                         f"maps query ids (such as {next(iter(queries))!r}) to sets of corpus ids (such as "
+                         f"{next(iter(corpus))!r}).")
+    for name, values in ks.items():
+        if not values or any(isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1 for k in values):
+            raise ValueError(f"{name} must be a non-empty list of positive ints, not {values!r}.")
+
+
 class InformationRetrievalEvaluator(Evaluator):
-    """How high each query's relevant documents rank when the corpus is searched with the model."""
+    """How high each query's relevant documents rank when the corpus is searched with the model.
+
+    Queries without relevant documents are skipped; one whose relevant documents are not in the corpus counts,
+    and scores 0 (as in sentence-transformers). Data with no query to score is refused.
+    """
 
     def __init__(self, queries: dict[str, str], corpus: dict[str, str], relevant_docs: dict[str, set[str]],
                  corpus_chunk_size: int = 50000, mrr_at_k: list[int] = (10,), ndcg_at_k: list[int] = (10,),
@@ -131,12 +194,13 @@ class InformationRetrievalEvaluator(Evaluator):
                  map_at_k: list[int] = (100,), show_progress_bar: bool = False, batch_size: int = 32, name: str = "",
                  write_csv: bool = True, truncate_dim: int | None = None, score_functions: dict | None = None,
                  main_score_function: str | None = None):
+        self.ks = dict(accuracy_at_k=accuracy_at_k, precision_recall_at_k=precision_recall_at_k, mrr_at_k=mrr_at_k,
+                       ndcg_at_k=ndcg_at_k, map_at_k=map_at_k)
+        check_retrieval_data(queries, corpus, relevant_docs, self.ks)
         self.query_ids = [qid for qid in queries if relevant_docs.get(qid)]  # queries with something to find
         self.queries = [queries[qid] for qid in self.query_ids]
         self.corpus_ids, self.corpus = list(corpus), list(corpus.values())
         self.relevant_docs = relevant_docs
-        self.ks = dict(accuracy_at_k=accuracy_at_k, precision_recall_at_k=precision_recall_at_k, mrr_at_k=mrr_at_k,
-                       ndcg_at_k=ndcg_at_k, map_at_k=map_at_k)
         self.corpus_chunk_size, self.batch_size = corpus_chunk_size, batch_size
         self.show_progress_bar = show_progress_bar
         self.name, self.write_csv, self.score_functions = name, write_csv, score_functions
@@ -145,6 +209,9 @@ class InformationRetrievalEvaluator(Evaluator):
 
     def __call__(self, model, output_path=None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
         functions = self.score_functions or {model.similarity_fn_name: model.similarity}  # as sentence-transformers
+        if self.main_score_function is not None and self.main_score_function not in functions:
+            raise ValueError(f"main_score_function {self.main_score_function!r} is not one of the score functions "
+                             f"{sorted(functions)}.")
         encode = dict(batch_size=self.batch_size, show_progress_bar=self.show_progress_bar, convert_to_tensor=True,
                       truncate_dim=self.truncate_dim)
         queries, corpus = model.encode(self.queries, **encode), model.encode(self.corpus, **encode)

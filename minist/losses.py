@@ -54,11 +54,17 @@ def triplet_loss(anchors: Tensor, positives: Tensor, negatives: Tensor, margin: 
 class Loss(nn.Module):
     """Embeds each column with the model, then applies ``compute_loss_from_embeddings``.
 
-    ``columns`` (how many texts an example has) and ``needs_labels`` let ``fit`` check the data first.
+    What a loss accepts is declared in class attributes, so that ``fit`` checks every example before the first
+    step and names the one that does not fit (rather than training on it, or failing in the middle):
+    ``columns`` (how many texts an example has), ``needs_labels`` (a loss that takes none ignores them),
+    ``label_range`` or ``label_values`` (which labels; by default any finite number), and ``min_batch_size``.
     """
 
     columns: tuple[int, int | None] = (2, 2)  # (fewest, most); None: no upper limit
     needs_labels = True
+    label_range: tuple[float, float] | None = None  # (lowest, highest), both allowed
+    label_values: tuple[int, ...] | None = None  # the only labels allowed
+    min_batch_size = 1  # 2 for a loss that compares the examples of a batch with each other
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -74,7 +80,12 @@ class Loss(nn.Module):
 
 class CosineSimilarityLoss(Loss):
     """Inputs: (text, text) pairs, a float label (target cosine, e.g. 0-1) / formula: ``cosine_similarity_loss``
-    / reference: Reimers & Gurevych 2019, https://arxiv.org/abs/1908.10084."""
+    / reference: Reimers & Gurevych 2019, https://arxiv.org/abs/1908.10084.
+
+    A cosine lies in [-1, 1], so a label outside it (a raw STS-B score of 4.2) is refused: scale it to 0-1 first.
+    """
+
+    label_range = (-1.0, 1.0)
 
     def compute_loss_from_embeddings(self, embeddings, labels):
         return cosine_similarity_loss(*embeddings, labels)
@@ -82,7 +93,12 @@ class CosineSimilarityLoss(Loss):
 
 class CoSENTLoss(Loss):
     """Inputs: (text, text) pairs, a float label (only the order of labels matters) / formula: ``cosent_loss``
-    / reference: Su 2022, https://kexue.fm/archives/8847."""
+    / reference: Su 2022, https://kexue.fm/archives/8847.
+
+    Each pair is ranked against the other pairs of its batch: with one pair per batch, the loss is constantly 0.
+    """
+
+    min_batch_size = 2
 
     def __init__(self, model: nn.Module, scale: float = 20.0):
         super().__init__(model)
@@ -95,9 +111,12 @@ class CoSENTLoss(Loss):
 class MultipleNegativesRankingLoss(Loss):
     """Inputs: (anchor, positive) or (anchor, positive, hard negative, ...), no labels; the other examples'
     positives serve as negatives / formula: ``multiple_negatives_ranking_loss`` / reference: Henderson et al.
-    2017, https://arxiv.org/abs/1705.00652."""
+    2017, https://arxiv.org/abs/1705.00652.
 
-    columns, needs_labels = (2, None), False
+    With one example per batch there are no in-batch negatives, and for pairs the loss is constantly 0.
+    """
+
+    columns, needs_labels, min_batch_size = (2, None), False, 2
 
     def __init__(self, model: nn.Module, scale: float = 20.0):
         super().__init__(model)
@@ -110,6 +129,8 @@ class MultipleNegativesRankingLoss(Loss):
 class ContrastiveLoss(Loss):
     """Inputs: (text, text) pairs, label 1 (similar) or 0 (dissimilar) / formula: ``contrastive_loss``
     / reference: Hadsell, Chopra & LeCun 2006, https://doi.org/10.1109/CVPR.2006.100."""
+
+    label_values = (0, 1)
 
     def __init__(self, model: nn.Module, margin: float = 0.5):
         super().__init__(model)
@@ -136,11 +157,17 @@ class TripletLoss(Loss):
 class MatryoshkaLoss(Loss):
     """Inputs: those of the wrapped ``loss`` / formula: sum_d weight_d * loss(embeddings cut to their first d
     numbers, renormalized), so that shorter prefixes work as embeddings too / reference: Kusupati et al. 2022,
-    https://arxiv.org/abs/2205.13147."""
+    https://arxiv.org/abs/2205.13147.
+
+    It takes the examples its loss takes; ``fit`` checks the wrapped loss's labels and batch size too.
+    """
 
     def __init__(self, model: nn.Module, loss: Loss, matryoshka_dims: list[int],
                  matryoshka_weights: list[float] | None = None):
         super().__init__(model)
+        if not isinstance(loss, Loss):
+            raise TypeError(f"MatryoshkaLoss wraps a minist loss, e.g. losses.CoSENTLoss(model), "
+                            f"not {type(loss).__module__}.{type(loss).__name__}.")
         dimension = model.get_sentence_embedding_dimension()
         if not matryoshka_dims or any(not 0 < d <= dimension for d in matryoshka_dims):
             raise ValueError(f"matryoshka_dims must be sizes between 1 and {dimension}, not {matryoshka_dims}.")

@@ -8,6 +8,9 @@ steps), so models move between the two libraries in both directions.
 Faster, a little less exact: ``quantize="int8"`` (CPU: int8 linear layers, see ``minist.quantization``),
 ``"bf16"`` or ``"fp16"`` (encode under ``torch.autocast``: matrix products in 16 bits, weights kept).
 ``backend="onnx"`` runs the transformer on ONNX Runtime (``minist.ort``), alone or with "int8".
+Bad input is refused by name before any work: a text that is not a string or holds a lone surrogate, a
+count out of range (both ``minist.inputs``), a device this machine lacks, a damaged file in the model
+folder (``minist.loading``).
 Left out: prompts, multi-process and multi-GPU encoding, the OpenVINO backend.
 """
 
@@ -15,8 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -28,11 +29,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from minist import __version__
-from minist.dense import Dense
 from minist.hub import resolve_model_folder
+from minist.inputs import check_count, text_list
+from minist.loading import load_steps, output_dimension, read_similarity_fn_name
 from minist.normalize import Normalize
 from minist.ort import onnx_model
-from minist.pooling import Pooling
 from minist.quantization import quantize_linear_layers
 from minist.saving import save_folder, write_modules_json
 from minist.similarity import SIMILARITY_FUNCTIONS
@@ -44,9 +45,7 @@ logger = logging.getLogger("minist")
 Quantize = Literal["int8", "bf16", "fp16"]
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
-# modules.json names a step by its sentence-transformers class; minist matches on the class name
-# (old "sentence_transformers.models.Pooling" and v6 "...modules.pooling.Pooling" alike).
-STEPS = {"Transformer": Transformer, "Pooling": Pooling, "Dense": Dense, "Normalize": Normalize}
+# The sentence-transformers class that modules.json names for each step minist writes.
 ST_TYPES = {
     "Transformer": "sentence_transformers.models.Transformer",
     "Pooling": "sentence_transformers.models.Pooling",
@@ -62,27 +61,6 @@ def default_device() -> str:
     if torch.backends.mps.is_available():
         return "mps"
     return "cpu"
-
-
-def load_steps(folder: Path, backend: Backend = "hf") -> list[nn.Module]:
-    """Build the steps that ``folder/modules.json`` lists; a plain Hugging Face folder gets mean pooling."""
-    modules_file = folder / "modules.json"
-    if not modules_file.is_file():
-        transformer = Transformer.load(folder, backend)
-        logger.warning("%s has no modules.json (not a sentence-transformers model): using mean pooling.", folder)
-        return [transformer, Pooling(transformer.get_word_embedding_dimension(), "mean")]
-    steps = []
-    for entry in sorted(json.loads(modules_file.read_text()), key=lambda e: e["idx"]):
-        kind = entry["type"].rsplit(".", 1)[-1]
-        if kind not in STEPS:
-            raise ValueError(f"{modules_file} lists a {entry['type']} step; minist runs only {', '.join(STEPS)}.")
-        if kind == "Normalize":
-            steps.append(Normalize())
-        elif kind == "Transformer":
-            steps.append(Transformer.load(folder / entry["path"], backend))
-        else:
-            steps.append(STEPS[kind].load(folder / entry["path"]))
-    return steps
 
 
 class SentenceTransformer(nn.Sequential):
@@ -110,23 +88,33 @@ class SentenceTransformer(nn.Sequential):
         if model_name_or_path is not None:
             folder = resolve_model_folder(model_name_or_path, cache_folder)
             modules = load_steps(folder, backend)
-            config_file = folder / "config_sentence_transformers.json"
-            if config_file.is_file():
-                similarity_fn_name = json.loads(config_file.read_text()).get("similarity_fn_name")
+            similarity_fn_name = read_similarity_fn_name(folder / "config_sentence_transformers.json")
         if not modules or not isinstance(modules[0], Transformer):
             raise ValueError("Give a model name or path, or modules that start with a minist Transformer.")
         super().__init__(*modules)
         self.name_or_path = None if model_name_or_path is None else str(model_name_or_path)
         self.similarity_fn_name = similarity_fn_name or "cosine"
-        self.to(device or default_device())
         self.quantize, self.backend = quantize, backend
-        if (quantize == "int8" or backend == "onnx") and self.device.type != "cpu":
-            raise ValueError(f"quantize='int8' and backend='onnx' run on the CPU, not {self.device.type}; "
-                             "use quantize='fp16' on a GPU.")
+        self.to(self._usable_device(device or default_device()))
         if backend == "onnx":
             self[0].auto_model = onnx_model(self[0], int8=quantize == "int8")
         elif quantize == "int8":
             quantize_linear_layers(self[0].auto_model)
+
+    def _usable_device(self, device: str | torch.device) -> torch.device:
+        """``device`` parsed and checked: one torch knows, this machine has, and this model can run on."""
+        try:
+            parsed = torch.device(device)
+        except (RuntimeError, TypeError) as error:
+            raise ValueError(f"device={device!r} is not a device torch knows ({error}).") from error
+        if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r}, but this machine has {torch.cuda.device_count()} CUDA GPU(s).")
+        if parsed.type == "mps" and not torch.backends.mps.is_available():
+            raise ValueError(f"device={device!r}, but Apple's MPS is not available on this machine.")
+        if (self.quantize == "int8" or self.backend == "onnx") and parsed.type != "cpu":
+            raise ValueError(f"quantize='int8' and backend='onnx' run on the CPU, not {parsed.type}; "
+                             "use quantize='fp16' on a GPU.")
+        return parsed
 
     # --- the pieces, for inspection -------------------------------------------------------------
     @property
@@ -151,8 +139,7 @@ class SentenceTransformer(nn.Sequential):
 
     def get_sentence_embedding_dimension(self) -> int:
         """The size of what ``encode`` returns: the last step that changes it decides."""
-        return next(step.get_sentence_embedding_dimension() for step in reversed(self)
-                    if hasattr(step, "get_sentence_embedding_dimension"))
+        return output_dimension(self)
 
     def similarity(self, a, b) -> Tensor:
         """The model's similarity function (cosine unless its config names another): (n, dim), (m, dim) -> (n, m)."""
@@ -180,17 +167,16 @@ class SentenceTransformer(nn.Sequential):
         short texts go many to a batch and long ones few. ``batch_size`` also caps the texts per batch.
         """
         single = isinstance(sentences, str)
-        texts = _text_list(sentences)
+        texts = text_list(sentences)  # every item checked before any work
         if output_value not in ("sentence_embedding", "token_embeddings"):
             raise ValueError(f"output_value must be 'sentence_embedding' or 'token_embeddings', not {output_value!r}.")
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1 (or None), not {batch_size}.")
+        check_count("batch_size", batch_size)
+        check_count("max_batch_tokens", max_batch_tokens)
+        check_count("truncate_dim", truncate_dim, self.get_sentence_embedding_dimension(), "the embedding size")
         if device is not None:
-            self.to(device)
+            self.to(self._usable_device(device))
         if max_batch_tokens is None:  # on a CPU, batches whose activations stay in the cache run fastest
             max_batch_tokens = 2048 if self.device.type == "cpu" else 16384  # (measured: notebook 08)
-        if max_batch_tokens < 1:
-            raise ValueError(f"max_batch_tokens must be at least 1, not {max_batch_tokens}.")
         if show_progress_bar is None:
             show_progress_bar = logger.getEffectiveLevel() <= logging.INFO
         self.eval()
@@ -236,7 +222,7 @@ class SentenceTransformer(nn.Sequential):
     def _empty_result(self, output_value: str, convert_to_numpy: bool, convert_to_tensor: bool,
                       truncate_dim: int | None):
         """What ``encode([])`` returns: no rows, but the right type and width."""
-        dim = min(self.get_sentence_embedding_dimension(), truncate_dim or math.inf)
+        dim = truncate_dim or self.get_sentence_embedding_dimension()
         if output_value == "token_embeddings" or not (convert_to_numpy or convert_to_tensor):
             return []
         return torch.empty(0, dim, device=self.device) if convert_to_tensor else np.zeros((0, dim), np.float32)
@@ -284,16 +270,3 @@ def token_batches(lengths: list[int], batch_size: int | None, max_batch_tokens: 
             batches.append(batch := [])
         batch.append(i)
     return batches
-
-
-def _text_list(sentences: str | Iterable[str]) -> list[str]:
-    """One string or an iterable of strings -> a list; anything else is a TypeError naming the culprit."""
-    if isinstance(sentences, str):
-        return [sentences]
-    if not isinstance(sentences, Iterable):
-        raise TypeError(f"encode takes a string or a list of strings, not a {type(sentences).__name__}.")
-    texts = list(sentences)
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"encode takes strings, but item {i} is a {type(text).__name__}: {text!r:.60}")
-    return texts

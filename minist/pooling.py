@@ -23,6 +23,8 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor, nn
 
+from minist.hub import json_field, read_json
+
 PoolingMode = Literal["cls", "mean", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken"]
 MODES: tuple[str, ...] = get_args(PoolingMode)
 
@@ -78,7 +80,8 @@ class Pooling(nn.Module):
         self.modes = [mode] if isinstance(mode, str) else list(mode)
         unknown = [m for m in self.modes if m not in MODES]
         if unknown or not self.modes:
-            raise ValueError(f"Unknown pooling mode {unknown or mode!r}; choose from {', '.join(MODES)}.")
+            what = f"Unknown pooling mode {unknown}" if unknown else "No pooling mode"
+            raise ValueError(f"{what}; choose from {', '.join(MODES)}.")
         self.embedding_dimension = embedding_dimension
         self.include_prompt = include_prompt
 
@@ -97,10 +100,19 @@ class Pooling(nn.Module):
     @classmethod
     def load(cls, folder: Path) -> Pooling:
         """Reads ``config.json`` in either format: v6's ``pooling_mode`` or the older boolean keys."""
-        config = json.loads((Path(folder) / "config.json").read_text())
-        dimension = config.get("embedding_dimension", config.get("word_embedding_dimension"))
-        mode = config.get("pooling_mode") or [m for m, key in _LEGACY_KEYS.items() if config.get(key)]
-        return cls(dimension, mode, config.get("include_prompt", True))
+        path = Path(folder) / "config.json"
+        config = read_json(path)
+        keys = [key for key in ("embedding_dimension", "word_embedding_dimension") if key in config]  # v6, older
+        if not keys:
+            raise ValueError(f"{path} has no 'embedding_dimension' (or 'word_embedding_dimension'): the size of the "
+                             "token embeddings it pools.")
+        dimension = json_field(config, keys[0], int, path)
+        mode = json_field(config, "pooling_mode", (str, list), path, None)
+        mode = mode or [m for m, legacy in _LEGACY_KEYS.items() if json_field(config, legacy, bool, path, False)]
+        try:
+            return cls(dimension, mode, json_field(config, "include_prompt", bool, path, True))
+        except ValueError as error:  # an unknown mode, or none at all
+            raise ValueError(f"{path}: {error}") from error
 
     def save(self, folder: Path) -> None:
         """Writes the boolean-key format, which every sentence-transformers version reads."""

@@ -10,6 +10,7 @@ Left out: approximate search (see ``minist.ann``) and sparse embeddings.
 from __future__ import annotations
 
 from collections.abc import Callable
+from numbers import Integral
 
 import torch
 from torch import Tensor
@@ -23,12 +24,20 @@ def as_matrix(embeddings: ArrayLike, name: str) -> Tensor:
     """Any array-like -> a (n, dim) tensor, not copied.
 
     The dtype is kept (an int8 corpus stays int8): the scoring functions convert chunk by chunk.
+    An empty input (``[]``) is no vectors, shape (0, 0), not one vector of length 0.
     """
     matrix = as_tensor(embeddings)
-    matrix = matrix.unsqueeze(0) if matrix.dim() == 1 else matrix
+    if matrix.dim() == 1:
+        matrix = matrix.reshape(0, 0) if matrix.numel() == 0 else matrix.unsqueeze(0)
     if matrix.dim() != 2:
         raise ValueError(f"{name} must be one vector or a (n, dim) matrix, not shape {tuple(matrix.shape)}.")
     return matrix
+
+
+def check_top_k(top_k: int) -> None:
+    """top_k counts hits: a whole number, 0 or more (0 gives empty lists)."""
+    if isinstance(top_k, bool) or not isinstance(top_k, Integral) or top_k < 0:
+        raise ValueError(f"top_k must be a whole number, 0 or more, not {top_k!r}.")
 
 
 def check_finite(matrix: Tensor, name: str) -> None:
@@ -42,13 +51,16 @@ def semantic_search(query_embeddings: ArrayLike, corpus_embeddings: ArrayLike, q
                     score_function: ScoreFunction = cos_sim) -> list[list[dict]]:
     """For each query, the ``top_k`` best corpus entries: ``[[{"corpus_id": 3, "score": 0.82}, ...], ...]``.
 
-    A ``top_k`` above the corpus size returns the whole corpus, sorted; an empty corpus, empty lists.
+    A ``top_k`` above the corpus size returns the whole corpus, sorted; an empty corpus or ``top_k=0``, empty
+    lists; no queries, ``[]``. A negative ``top_k`` or a NaN or infinite query is a ValueError.
     As in sentence-transformers, no score matrix larger than ``query_chunk_size x corpus_chunk_size`` is
     made; within that bound minist picks its own block shape (see the loop).
     """
+    check_top_k(top_k)
     queries = as_matrix(query_embeddings, "query_embeddings")
-    corpus = as_matrix(corpus_embeddings, "corpus_embeddings") if len(corpus_embeddings) else None
-    if corpus is None or top_k < 1:
+    check_finite(queries, "query_embeddings")  # queries are few: check them always
+    corpus = as_matrix(corpus_embeddings, "corpus_embeddings")
+    if not len(queries) or not len(corpus) or top_k == 0:
         return [[] for _ in range(len(queries))]
     if queries.shape[1] != corpus.shape[1]:
         raise ValueError(f"query_embeddings have dimension {queries.shape[1]} but corpus_embeddings have "
@@ -76,10 +88,9 @@ def semantic_search(query_embeddings: ArrayLike, corpus_embeddings: ArrayLike, q
             ids = torch.cat([best_ids[rows], ids + c_start], dim=1)
             best_scores[rows], top = scores.topk(k, dim=1)
             best_ids[rows] = ids.gather(1, top)
-    # NaN scores rank above all others, so a NaN anywhere in the inputs shows up here; only then are the
-    # (large) inputs scanned, to name the culprit.
+    # NaN scores rank above all others, so a NaN in the corpus shows up here; only then is the (large)
+    # corpus scanned, to name the culprit.
     if not torch.isfinite(best_scores).all():
-        check_finite(queries, "query_embeddings")
         check_finite(corpus, "corpus_embeddings")
     return [[{"corpus_id": i, "score": s} for i, s in zip(ids, scores, strict=True)]
             for ids, scores in zip(best_ids.tolist(), best_scores.tolist(), strict=True)]
@@ -93,8 +104,8 @@ def paraphrase_mining_embeddings(embeddings: ArrayLike, query_chunk_size: int = 
     Each item contributes its ``top_k`` nearest others; a pair found from both sides counts once.
     Pairs with exactly equal scores come in (i, j) order.
     """
-    matrix = as_matrix(embeddings, "embeddings") if len(embeddings) else None
-    if matrix is None or len(matrix) < 2:
+    matrix = as_matrix(embeddings, "embeddings")
+    if len(matrix) < 2:
         return []
     # Every item searches the whole set; top_k + 1 because each item finds itself too.
     hits = semantic_search(matrix, matrix, query_chunk_size, corpus_chunk_size, top_k + 1, score_function)

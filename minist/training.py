@@ -5,13 +5,21 @@ of them yield tokenized batches (``collate``), then for each step takes one batc
 turn (round robin), computes its loss, and updates the model with AdamW (no weight decay on biases and
 LayerNorm), a learning rate that rises linearly over ``warmup_steps`` and then falls linearly to zero, and
 gradients clipped to ``max_grad_norm``. An evaluator, when given, runs after each epoch (and every
-``evaluation_steps``); the best model is saved to ``output_path``. Seed ``torch`` first for a repeatable run.
-Left out: the Hugging Face ``Trainer`` path, multi-GPU, gradient accumulation, other schedulers.
+``evaluation_steps``); the best model is saved to ``output_path`` (the final one when there is no best: see
+``fit``). Seed ``torch`` first for a repeatable run.
+
+Nothing is trained on data that does not fit: before the first step, ``fit`` checks its settings and every
+example against what each loss declares (``minist.losses.Loss``), and a refusal names the argument, or the
+objective and the example index. Left out: the Hugging Face ``Trainer`` path, multi-GPU, gradient
+accumulation, other schedulers.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import numbers
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +36,8 @@ class InputExample:
     """One training example: its texts (one per column of the loss) and, for losses that need one, a label.
 
     The fields come in sentence-transformers' order (``guid``, ``texts``, ``label``); the label has no
-    default here, so that a missing label is reported rather than read as 0.
+    default here, so that a missing label is reported rather than read as 0. A loss that takes no labels
+    (MultipleNegativesRankingLoss, TripletLoss) ignores them, whatever they are.
     """
 
     guid: str = ""
@@ -40,35 +49,104 @@ class InputExample:
             raise TypeError(f"InputExample texts must be a list of strings, not {self.texts!r:.80}.")
 
 
-def collate(model, examples: list[InputExample]) -> tuple[list[dict], torch.Tensor]:
-    """A batch of examples -> (one tokenized batch per text column, a tensor of labels)."""
+def collate(model, examples: list[InputExample], use_labels: bool = True) -> tuple[list[dict], torch.Tensor]:
+    """A batch of examples -> (one tokenized batch per text column, a tensor of labels; zeros if not used)."""
     columns = [model.tokenize([example.texts[i] for example in examples]) for i in range(len(examples[0].texts))]
-    return columns, torch.tensor([0 if example.label is None else example.label for example in examples])
+    if not use_labels:  # a loss that takes no labels ignores them, whatever they are
+        return columns, torch.zeros(len(examples))
+    return columns, torch.tensor([example.label for example in examples])
 
 
-def check_objective(dataloader: DataLoader, loss: Loss, number: int) -> None:
-    """Refuse, before any training, data that does not fit the loss: naming the objective and the example."""
+def check_settings(optimizer_params: dict, max_grad_norm: float, **counts: int) -> None:
+    """Refuse, naming the argument, a setting of ``fit`` that would train wrongly or not at all.
+
+    ``counts`` are numbers of epochs or steps: whole numbers, at least 1 for ``epochs`` and
+    ``steps_per_epoch``, at least 0 for the others.
+    """
+    if "weight_decay" in optimizer_params:  # the parameter groups would override it
+        raise ValueError("Give weight_decay to fit itself, not in optimizer_params (biases and LayerNorm get none).")
+    if not isinstance(optimizer_params["lr"], numbers.Real) or not optimizer_params["lr"] > 0:
+        raise ValueError(f"The learning rate must be positive, not {optimizer_params['lr']!r}.")
+    if not isinstance(max_grad_norm, numbers.Real) or not max_grad_norm > 0:  # a negative one flips the gradients
+        raise ValueError(f"max_grad_norm must be positive, not {max_grad_norm!r}.")
+    for name, value in counts.items():
+        least = 1 if name in ("epochs", "steps_per_epoch") else 0
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            ratio = " It counts steps: for a ratio, multiply it by the number of steps." * (name == "warmup_steps")
+            raise TypeError(f"{name} must be an int, not {value!r}.{ratio}")
+        if value < least:
+            raise ValueError(f"{name} must be at least {least}, not {value}.")
+
+
+def check_objective(objective, model, number: int) -> tuple[DataLoader, Loss]:
+    """Refuse, before any training, an objective that cannot train ``model``, naming the objective and the example.
+
+    Every minist loss inside the objective's loss is checked (MatryoshkaLoss's wrapped loss first): it must be
+    built on ``model`` itself (refusing another instance is minist's choice: sentence-transformers would
+    silently train that other model), and the data must fit what it declares (``columns``, ``needs_labels``,
+    ``label_range``, ``label_values``, ``min_batch_size``).
+    """
+    if not (isinstance(objective, tuple | list) and len(objective) == 2):
+        raise TypeError(f"Training objective {number} must be a (DataLoader, loss) pair, not {objective!r:.80}; "
+                        "train_objectives is a list of such pairs.")
+    dataloader, loss = objective
+    if not isinstance(dataloader, DataLoader) or not hasattr(dataloader.dataset, "__len__"):
+        raise TypeError(f"Objective {number}: expected a DataLoader over a list of InputExample, "
+                        f"not {dataloader!r:.80}.")
+    if not isinstance(loss, Loss):
+        raise TypeError(f"Objective {number}: the loss must be a minist loss such as losses.CoSENTLoss(model), "
+                        f"not {type(loss).__module__}.{type(loss).__name__}.")
     if len(dataloader) == 0 or len(dataloader.dataset) == 0:
         raise ValueError(f"Training objective {number} has an empty DataLoader.")
-    low, high = loss.columns
+    parts = [part for part in loss.modules() if isinstance(part, Loss)][::-1]  # innermost first
+    for part in parts:
+        name = type(part).__name__ + ("" if part is loss else f" (inside {type(loss).__name__})")
+        if part.model is not model:
+            raise ValueError(f"Objective {number}: the {name} was built on another model instance, and fit would "
+                             f"train that one. Build it on the model you fit: losses.{type(part).__name__}(model).")
+        if dataloader.batch_size is not None and dataloader.batch_size < part.min_batch_size:
+            raise ValueError(f"Objective {number}: {name} needs a batch_size of at least {part.min_batch_size}, "
+                             f"not {dataloader.batch_size}: it compares each example with the others of its batch "
+                             "(its in-batch negatives, or the pairs it ranks); a batch of one has none, and the "
+                             "loss is constantly 0.")
     for i, example in enumerate(dataloader.dataset):
         if not isinstance(example, InputExample):
             raise TypeError(f"Objective {number}, example {i}: expected an InputExample, got {type(example).__name__}.")
-        if len(example.texts) < low or (high is not None and len(example.texts) > high):
-            wanted = f"{low}" if low == high else f"at least {low}" if high is None else f"{low} to {high}"
-            raise ValueError(f"Objective {number}, example {i} has {len(example.texts)} texts; "
-                             f"{type(loss).__name__} takes {wanted}.")
-        if loss.needs_labels and example.label is None:
-            raise ValueError(f"Objective {number}, example {i} has no label; {type(loss).__name__} needs one.")
+        for part in parts:
+            check_example(example, part, f"Objective {number}, example {i}")
+    return dataloader, loss
 
 
-def optimizer_for(loss: Loss, lr: float, weight_decay: float) -> torch.optim.AdamW:
+def check_example(example: InputExample, loss: Loss, where: str) -> None:
+    """Refuse an example whose texts or label do not fit ``loss``; ``where`` names it in the message."""
+    name, label = type(loss).__name__, example.label
+    low, high = loss.columns
+    if len(example.texts) < low or (high is not None and len(example.texts) > high):
+        wanted = f"{low}" if low == high else f"at least {low}" if high is None else f"{low} to {high}"
+        raise ValueError(f"{where} has {len(example.texts)} texts; {name} takes {wanted}.")
+    if not loss.needs_labels:
+        return  # its label, if any, is ignored
+    if label is None:
+        raise ValueError(f"{where} has no label; {name} needs one.")
+    if not isinstance(label, numbers.Real):
+        raise TypeError(f"{where} has the label {label!r:.40} ({type(label).__name__}); {name} needs a number.")
+    if not math.isfinite(label):
+        raise ValueError(f"{where} has the label {label}; {name} needs a finite number.")
+    if loss.label_values is not None and label not in loss.label_values:
+        raise ValueError(f"{where} has the label {label}; {name} takes only "
+                         f"{' or '.join(map(str, loss.label_values))}.")
+    if loss.label_range is not None and not loss.label_range[0] <= label <= loss.label_range[1]:
+        raise ValueError(f"{where} has the label {label}; {name} takes labels from {loss.label_range[0]} to "
+                         f"{loss.label_range[1]}: scale it to 0-1 (a raw STS-B score 0-5: divide it by 5).")
+
+
+def optimizer_for(loss: Loss, weight_decay: float, optimizer_params: dict) -> torch.optim.AdamW:
     """AdamW over the loss's parameters (the model's, plus any of the loss); biases and LayerNorm: no decay."""
     no_decay = ("bias", "LayerNorm.bias", "LayerNorm.weight")
     named = list(loss.named_parameters())
     groups = [{"params": [p for n, p in named if not any(k in n for k in no_decay)], "weight_decay": weight_decay},
               {"params": [p for n, p in named if any(k in n for k in no_decay)], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr)
+    return torch.optim.AdamW(groups, **optimizer_params)  # an unknown key: AdamW's TypeError names it
 
 
 def fit(model, train_objectives: list[tuple[DataLoader, Loss]], evaluator=None, epochs: int = 1,
@@ -76,27 +154,37 @@ def fit(model, train_objectives: list[tuple[DataLoader, Loss]], evaluator=None, 
         weight_decay: float = 0.01, max_grad_norm: float = 1, evaluation_steps: int = 0,
         output_path: str | Path | None = None, save_best_model: bool = True, show_progress_bar: bool = True,
         use_amp: bool = False, checkpoint_path: str | Path | None = None, checkpoint_save_steps: int = 500) -> None:
-    """Train ``model`` in place; the loss of every step is appended to ``model.training_history``."""
+    """Train ``model`` in place; the loss of every step is appended to ``model.training_history``.
+
+    >>> model.fit([(DataLoader(examples, batch_size=16), losses.CoSENTLoss(model))], epochs=1)  # doctest: +SKIP
+
+    Everything is checked before the first step, so a refusal leaves the weights untouched: the settings
+    (``check_settings``) and every example of every objective (``check_objective``). ``optimizer_params`` go
+    to AdamW (``{"lr": 2e-5}`` by default). ``output_path`` always ends up with a model: the best one when an
+    evaluator scores the model and ``save_best_model`` is set; else the final one (no evaluator,
+    ``save_best_model=False``, or an evaluator whose score was never a number, e.g. NaN: a warning names it).
+    """
     if model.quantize == "int8" or model.backend == "onnx":
         raise ValueError("An int8-quantized or ONNX model cannot be trained: fine-tune the float32 model, save "
                          "it, then load it with quantize='int8' or backend='onnx'.")
-    lr = (optimizer_params or {"lr": 2e-5}).get("lr", 2e-5)
-    if not lr > 0:
-        raise ValueError(f"The learning rate must be positive, not {lr}.")
+    optimizer_params = {"lr": 2e-5, **(optimizer_params or {})}
+    check_settings(optimizer_params, max_grad_norm, epochs=epochs, warmup_steps=warmup_steps,
+                   evaluation_steps=evaluation_steps, checkpoint_save_steps=checkpoint_save_steps,
+                   **({} if steps_per_epoch is None else {"steps_per_epoch": steps_per_epoch}))
     if not train_objectives:
         raise ValueError("fit needs at least one (DataLoader, loss) training objective.")
-    for number, (dataloader, loss) in enumerate(train_objectives):
-        check_objective(dataloader, loss, number)
-        dataloader.collate_fn = lambda examples: collate(model, examples)  # a plain DataLoader, tokenized
+    train_objectives = [check_objective(objective, model, n) for n, objective in enumerate(train_objectives)]
+    for dataloader, loss in train_objectives:  # a plain DataLoader, tokenized
+        dataloader.collate_fn = functools.partial(collate, model, use_labels=loss.needs_labels)
     steps_per_epoch = steps_per_epoch or min(len(dataloader) for dataloader, _ in train_objectives)
-    optimizers = [optimizer_for(loss, lr, weight_decay) for _, loss in train_objectives]
+    optimizers = [optimizer_for(loss, weight_decay, optimizer_params) for _, loss in train_objectives]
     schedulers = [get_linear_schedule_with_warmup(o, warmup_steps, steps_per_epoch * epochs) for o in optimizers]
     iterators = [iter(dataloader) for dataloader, _ in train_objectives]
     autocast = torch.autocast(model.device.type, enabled=use_amp,
                               dtype=torch.float16 if model.device.type == "cuda" else torch.bfloat16)
     scaler = torch.amp.GradScaler(model.device.type, enabled=use_amp and model.device.type == "cuda")
     model.training_history, model.evaluation_history, model.best_score = [], [], -math.inf
-    step = 0
+    step, saved = 0, False
     for epoch in range(epochs):
         model.train()
         bar = tqdm(range(steps_per_epoch), desc=f"Epoch {epoch + 1}/{epochs}", disable=not show_progress_bar)
@@ -117,12 +205,16 @@ def fit(model, train_objectives: list[tuple[DataLoader, Loss]], evaluator=None, 
             step += 1
             bar.set_postfix(loss=f"{model.training_history[-1]['loss']:.4f}")
             if evaluation_steps and step % evaluation_steps == 0:
-                _evaluate(model, evaluator, output_path, save_best_model, epoch, step)
+                saved |= _evaluate(model, evaluator, output_path, save_best_model, epoch, step)
             if checkpoint_path is not None and checkpoint_save_steps and step % checkpoint_save_steps == 0:
                 model.save(Path(checkpoint_path) / f"checkpoint-{step}")
-        _evaluate(model, evaluator, output_path, save_best_model, epoch, -1)
+        saved |= _evaluate(model, evaluator, output_path, save_best_model, epoch, -1)
     model.eval()
-    if evaluator is None and output_path is not None:
+    if output_path is not None and not saved:
+        if evaluator is not None and save_best_model:  # every score was NaN: nothing was ever "the best"
+            scores = [h[evaluator.primary_metric] for h in model.evaluation_history]
+            warnings.warn(f"The evaluator's {evaluator.primary_metric} was never a usable score ({scores}), so no "
+                          f"best model was saved; saving the final model to {output_path}.", stacklevel=2)
         model.save(output_path)
 
 
@@ -141,18 +233,24 @@ def _update(value: torch.Tensor, loss: Loss, optimizer, scheduler, scaler, max_g
     scheduler.step()
 
 
-def _evaluate(model, evaluator, output_path, save_best_model: bool, epoch: int, steps: int) -> None:
-    """Run the evaluator; save the model to ``output_path`` when its primary score is the best so far."""
+def _evaluate(model, evaluator, output_path, save_best_model: bool, epoch: int, steps: int) -> bool:
+    """Run the evaluator; save the model to ``output_path`` when its primary score is the best so far.
+
+    Returns whether it saved. A NaN score is never the best (``nan > x`` is False).
+    """
     if evaluator is None:
-        return
+        return False
     model.eval()
     # As in sentence-transformers, the evaluator's results go to an eval/ subfolder of the model's folder.
     eval_path = None if output_path is None else Path(output_path) / "eval"
     metrics = evaluator(model, output_path=eval_path, epoch=epoch, steps=steps)
     score = metrics[evaluator.primary_metric]
     model.evaluation_history.append({"epoch": epoch, "steps": steps, **metrics})
+    saved = False
     if score > model.best_score:
         model.best_score = score
         if save_best_model and output_path is not None:
             model.save(output_path)
+            saved = True
     model.train()
+    return saved

@@ -101,3 +101,24 @@ def test_bad_input_and_missing_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "usearch.index", None)
     with pytest.raises(ImportError, match=r"minist\[ann\]"):
         VectorIndex(corpus, method="hnsw")
+
+
+@pytest.mark.parametrize("method", ["exact", "hnsw"])
+@pytest.mark.parametrize("precision", ["float32", "int8", "binary"])
+def test_edge_cases_of_search_in_every_precision_and_method(precision, method):
+    corpus = clustered(40, seed=3)
+    index = VectorIndex(corpus, precision=precision, method=method)
+    assert index.search(corpus[:3], top_k=0) == [[], [], []]
+    assert index.search(np.zeros((0, 64), np.float32)) == []
+    assert index.search([]) == []
+    hits = index.search(corpus[:2], top_k=5)
+    assert [len(row) for row in hits] == [5, 5]
+    with pytest.raises(ValueError, match="top_k must be"):
+        index.search(corpus[:2], top_k=-1)
+    for bad in (np.nan, np.inf, -np.inf):
+        query = corpus[:2].copy()
+        query[1, 7] = bad
+        with pytest.raises(ValueError, match="query_embeddings contain NaN or infinite"):
+            index.search(query)
+    empty = VectorIndex([], precision=precision, method=method)
+    assert len(empty) == 0 and empty.search(corpus[:2]) == [[], []] and empty.search([]) == []

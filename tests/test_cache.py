@@ -1,11 +1,21 @@
 """EmbeddingCache: what it stores equals a fresh encode, it grows without re-encoding, it refuses strangers."""
 
+import itertools
+import json
+import os
+import random
+import signal
+import threading
+import time
+
 import numpy as np
 import pytest
+import torch
 from conftest import TINY_SENTENCES, build_st_model
+from torch.utils.data import DataLoader
 
-from minist import SentenceTransformer
-from minist.cache import EmbeddingCache, model_fingerprint
+from minist import InputExample, SentenceTransformer, losses
+from minist.cache import DamagedCacheError, EmbeddingCache, model_fingerprint
 from minist.search import semantic_search
 
 
@@ -105,3 +115,179 @@ def test_search_returns_texts_and_matches_semantic_search(tmp_path, model):
     direct = semantic_search(model.encode(["the cat sat on the mat"]), cache.embeddings, top_k=3)[0]
     assert [h["corpus_id"] for h in hits] == [h["corpus_id"] for h in direct]
     assert EmbeddingCache(tmp_path / "empty", model).search(["anything"]) == [[]]
+
+
+# --- any text, any number of writers, crashes, damage, a changing model ----------------------------------
+ODD_TEXTS = ["line\u2028separator", "paragraph\u2029separator", "next\u0085line", "carriage\rreturn", "crlf\r\n",
+             "nul\x00byte", "file\x1cgroup\x1drecord\x1eseparators", "vertical\x0btab\x0cfeed", "emoji 🙂👩‍👩‍👧",
+             "combining e\u0301", "\ufeffbom", "", " ", "\n", "\\n is not a newline", '"quoted"']
+
+
+def test_any_unicode_text_round_trips(tmp_path, model):
+    cache = EmbeddingCache(tmp_path / "c", model)
+    assert cache.add(ODD_TEXTS) == len(ODD_TEXTS)
+    reopened = EmbeddingCache(tmp_path / "c", model)
+    assert reopened.texts == ODD_TEXTS and len(reopened) == len(ODD_TEXTS)
+    np.testing.assert_allclose(reopened.embeddings, model.encode(ODD_TEXTS, normalize_embeddings=True), atol=1e-6)
+    assert reopened.add(ODD_TEXTS) == 0  # each is recognised as already cached
+
+
+def test_a_lone_surrogate_is_refused_at_add_before_anything_is_written(tmp_path, model):
+    cache = EmbeddingCache(tmp_path / "c", model)
+    cache.add(["kept"])
+    files = {p.name: p.read_bytes() for p in (tmp_path / "c").iterdir()}
+    with pytest.raises(ValueError, match="item 1"):
+        cache.add(["fine", "broken \ud800 text"])
+    assert {p.name: p.read_bytes() for p in (tmp_path / "c").iterdir()} == files
+    assert EmbeddingCache(tmp_path / "c", model).texts == ["kept"]
+
+
+def test_a_string_is_one_text(tmp_path, model):
+    cache = EmbeddingCache(tmp_path / "c", model)
+    assert cache.add("one text") == 1
+    assert EmbeddingCache(tmp_path / "c", model).texts == ["one text"]
+
+
+def damage(folder, name, how):
+    path = folder / name
+    data = path.read_bytes()
+    if how == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "garbage":
+        path.write_bytes(bytes(range(256)) * (len(data) // 256 + 1))
+    elif how == "delete":
+        path.unlink()
+    elif how == "not an object":
+        path.write_text("[1, 2, 3]")
+    elif how == "wrong rows":
+        path.write_text(json.dumps({**json.loads(data), "rows": -1}))
+    elif how == "bad line":
+        path.write_bytes(data.replace(b'"the cat sat on the mat"', b'{"not": "a string"}'.ljust(24)))
+
+
+@pytest.mark.parametrize(("name", "how", "message"), [
+    ("embeddings.f32", "truncate", "truncated"),
+    ("embeddings.f32", "delete", "missing"),
+    ("texts.jsonl", "truncate", "truncated"),
+    ("texts.jsonl", "garbage", "damaged"),
+    ("texts.jsonl", "bad line", "line 1 is not a JSON string"),
+    ("texts.jsonl", "delete", "missing"),
+    ("meta.json", "truncate", "not valid JSON"),
+    ("meta.json", "garbage", "not valid JSON"),
+    ("meta.json", "not an object", "not a JSON object"),
+    ("meta.json", "wrong rows", "'rows' is -1"),
+    ("meta.json", "delete", "meta.json is missing"),
+])
+def test_a_damaged_cache_is_refused_at_open_naming_the_file(tmp_path, model, name, how, message):
+    EmbeddingCache(tmp_path / "c", model).add(TINY_SENTENCES[:4])
+    damage(tmp_path / "c", name, how)
+    files = {p.name: p.read_bytes() for p in (tmp_path / "c").iterdir()}
+    with pytest.raises(DamagedCacheError, match=message) as error:
+        EmbeddingCache(tmp_path / "c", model)
+    assert name in str(error.value)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "c").iterdir()} == files  # never restarted over old rows
+
+
+def in_child(action) -> int:
+    """Fork; the child runs ``action`` on one thread (as DataLoader workers do) and exits. Returns its pid."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            torch.set_num_threads(1)
+            action()
+            code = 0
+        finally:
+            os._exit(code)
+    return pid
+
+
+def test_two_processes_adding_at_once_lose_nothing(tmp_path, model):
+    EmbeddingCache(tmp_path / "c", model)
+    shared = [f"shared text {i}" for i in range(12)]
+    own = {side: [f"{side} text {i}" for i in range(24)] for side in ("left", "right")}
+
+    def writer(side):
+        cache = EmbeddingCache(tmp_path / "c", model)
+        for start in range(0, 24, 3):
+            cache.add(own[side][start:start + 3] + shared[start // 2:start // 2 + 2])
+
+    pids = [in_child(lambda side=side: writer(side)) for side in own]
+    assert all(os.waitpid(pid, 0)[1] == 0 for pid in pids)
+    cache = EmbeddingCache(tmp_path / "c", model)
+    assert sorted(cache.texts) == sorted(shared + own["left"] + own["right"])  # each once
+    np.testing.assert_allclose(cache.embeddings, model.encode(cache.texts, normalize_embeddings=True), atol=1e-6)
+
+
+def test_two_threads_adding_at_once_lose_nothing(tmp_path, model):
+    caches = [EmbeddingCache(tmp_path / "c", model), EmbeddingCache(tmp_path / "c", model)]
+    texts = [[f"thread {side} text {i}" for i in range(20)] + ["both"] for side in range(2)]
+
+    def writer(side):  # the first thread shares its cache object with... itself; the second opened its own
+        for start in range(0, 21, 4):
+            caches[side].add(texts[side][start:start + 4])
+
+    threads = [threading.Thread(target=writer, args=(side,)) for side in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    cache = EmbeddingCache(tmp_path / "c", model)
+    assert sorted(cache.texts) == sorted(set(texts[0] + texts[1]))
+    np.testing.assert_allclose(cache.embeddings, model.encode(cache.texts, normalize_embeddings=True), atol=1e-6)
+
+
+def test_killed_at_random_moments_every_acknowledged_row_survives(tmp_path, model):
+    EmbeddingCache(tmp_path / "c", model)
+    rng, batch = random.Random(0), 0
+    for _ in range(15):
+        read, write = os.pipe()
+
+        def writer(first=batch, write=write):
+            cache = EmbeddingCache(tmp_path / "c", model)
+            for number in itertools.count(first):
+                cache.add([f"batch {number} text {i}" for i in range(3)])
+                os.write(write, f"{number}\n".encode())  # acknowledged: add returned
+
+        pid = in_child(writer)
+        os.close(write)
+        time.sleep(rng.uniform(0.0, 0.3))
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        with os.fdopen(read) as pipe:
+            acknowledged = [int(line) for line in pipe.read().split()]
+        cache = EmbeddingCache(tmp_path / "c", model)
+        assert set(cache.texts) >= {f"batch {n} text {i}" for n in acknowledged for i in range(3)}
+        batch = (acknowledged[-1] if acknowledged else batch) + 2  # past anything the killed add may have kept
+    cache = EmbeddingCache(tmp_path / "c", model)
+    np.testing.assert_allclose(cache.embeddings, model.encode(cache.texts, normalize_embeddings=True), atol=1e-6)
+
+
+def test_a_model_changed_in_place_is_noticed(tmp_path, tiny_st_dir):
+    model = SentenceTransformer(tiny_st_dir, device="cpu")
+    cache = EmbeddingCache(tmp_path / "c", model)
+    cache.add(["the cat"])
+    weight = model[0].auto_model.embeddings.word_embeddings.weight
+    row = weight[5].clone()
+    with torch.no_grad():
+        weight[5] += 1.0  # what an optimizer step does
+    with pytest.raises(ValueError, match="model changed since"):
+        cache.add(["the dog"])
+    with pytest.raises(ValueError, match="model changed since"):
+        cache.search("the dog")
+    with torch.no_grad():
+        weight[5] = row  # back to the very same numbers: the same model again
+    assert cache.add(["the dog"]) == 1
+
+
+def test_fine_tuning_the_model_of_an_open_cache_is_noticed(tmp_path, tiny_st_dir):
+    model = SentenceTransformer(tiny_st_dir, device="cpu")
+    cache = EmbeddingCache(tmp_path / "c", model)
+    cache.add(["the cat"])
+    examples = [InputExample(texts=["the cat", "a dog"], label=0.3),
+                InputExample(texts=["a bird", "the mat"], label=0.9)]
+    model.fit([(DataLoader(examples, batch_size=2), losses.CosineSimilarityLoss(model))], epochs=1, warmup_steps=0,
+              show_progress_bar=False)
+    with pytest.raises(ValueError, match="model changed since"):
+        cache.add(["the dog"])
+    assert EmbeddingCache(tmp_path / "c", SentenceTransformer(tiny_st_dir, device="cpu")).texts == ["the cat"]

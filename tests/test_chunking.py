@@ -9,6 +9,7 @@ import pytest
 
 from minist import SentenceTransformer
 from minist.chunking import chunk_documents, chunk_text
+from minist.wordpiece import WordPieceTokenizer
 
 CORPUS = [json.loads(line)["text"] for line in
           (Path(__file__).resolve().parent.parent / "data" / "corpus.jsonl").read_text().splitlines()]
@@ -47,9 +48,44 @@ def test_chunks_are_encoded_without_truncation(model, caplog):
     assert [r for r in caplog.records if "truncated" in r.getMessage()]
 
 
-def test_bad_input(model):
-    with pytest.raises(ValueError, match="overlap must be"):
-        chunk_text(LONG, model.tokenizer, 64, overlap=64)
-    with pytest.raises(TypeError, match="takes a string"):
+@pytest.mark.parametrize(("max_tokens", "overlap", "named"), [
+    ("64", 0, "max_tokens must be an int, not str '64'"),
+    (64.0, 0, "max_tokens must be an int, not float 64.0"),
+    (True, 0, "max_tokens must be an int, not bool"),
+    (2, 0, "max_tokens=2 leaves no room for text beside the tokenizer's 2 special tokens; it must be at least 3"),
+    (-5, 0, "max_tokens=-5 leaves no room"),
+    (300, 0, r"max_tokens=300 is more than the model reads \(tokenizer.model_max_length=256\)"),
+    (64, -1, "overlap must be at least 0 and below 62 .*, not -1"),
+    (64, 62, "overlap must be at least 0 and below 62 .*, not 62"),
+    (64, 3.5, "overlap must be an int, not float 3.5"),
+    (3, 0, None),  # the smallest window: one token beside [CLS] and [SEP]
+])
+def test_wrong_numbers_are_named(model, max_tokens, overlap, named):
+    if named is None:
+        assert len(chunk_text("the cat sat", model.tokenizer, max_tokens, overlap)) == 3
+        return
+    with pytest.raises(ValueError, match=named):
+        chunk_text(LONG, model.tokenizer, max_tokens, overlap)
+    with pytest.raises(ValueError, match=named):
+        chunk_documents([], model.tokenizer, max_tokens, overlap)  # checked even with nothing to cut
+
+
+def test_wrong_texts_are_named(model):
+    with pytest.raises(TypeError, match="text is a NoneType, not a string"):
         chunk_text(None, model.tokenizer, 64)
+    with pytest.raises(ValueError, match=r"text holds a lone surrogate \(U\+D800\) at character 4"):
+        chunk_text("the \ud800 cat", model.tokenizer, 64)
+    with pytest.raises(TypeError, match=r"documents must be a list of strings .*not a str"):
+        chunk_documents(LONG, model.tokenizer, 64)  # one string would be cut letter by letter
+    with pytest.raises(TypeError, match=r"documents\[2\] is a bytes, not a string"):
+        chunk_documents(["a", "b", b"c"], model.tokenizer, 64)
+    with pytest.raises(ValueError, match=r"documents\[1\] holds a lone surrogate"):
+        chunk_documents(["a", "b\udcff"], model.tokenizer, 64)
     assert chunk_text("", model.tokenizer, 64) == []
+
+
+def test_a_tokenizer_without_offsets_is_named(model, real_model_dir):
+    with pytest.raises(TypeError, match=r"tokenizer must be a fast Hugging Face tokenizer.*got a WordPieceTokenizer"):
+        chunk_text(LONG, WordPieceTokenizer.from_pretrained(real_model_dir), 64)  # minist's own: no offsets
+    with pytest.raises(TypeError, match=r"tokenizer must be a fast .*got a SentenceTransformer"):
+        chunk_text(LONG, model, 64)  # the model, not model.tokenizer

@@ -6,15 +6,16 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY_SENTENCES, build_st_model
+from model_families import build
+from sentence_transformers import SentenceTransformer as STModel
 
 from minist import SentenceTransformer
+from minist.inputs import text_list
 from minist.pooling import MODES
 
 
 @pytest.fixture(scope="module")
 def pair(tiny_st_dir):
-    from sentence_transformers import SentenceTransformer as STModel
-
     return SentenceTransformer(tiny_st_dir, device="cpu"), STModel(str(tiny_st_dir), device="cpu")
 
 
@@ -95,10 +96,107 @@ def test_bad_arguments_are_refused(pair):
     model, _ = pair
     with pytest.raises(TypeError, match="a string or a list of strings"):
         model.encode(42)
+    with pytest.raises(TypeError, match=r"not a bytes \(decode bytes first"):
+        model.encode(b"the cat")  # else read as a list of ints
     with pytest.raises(ValueError, match="output_value"):
         model.encode(["x"], output_value="cls")
     with pytest.raises(ValueError, match="batch_size"):
         model.encode(["x"], batch_size=0)
+
+
+@pytest.mark.parametrize("text", ["ok\ud800", "ok\udc80 tail", "ok\ud83d\ude42"])  # lone, escaped byte, split pair
+def test_a_lone_surrogate_is_named_by_index_before_any_work(pair, monkeypatch, text):
+    model, _ = pair
+    monkeypatch.setattr(model[0], "tokenize", lambda *a, **k: pytest.fail("tokenized before the texts were checked"))
+    named = rf"item 3 holds a lone surrogate \(U\+{ord(text[2]):04X}\) at character 2, which is not valid"
+    with pytest.raises(ValueError, match=named):
+        model.encode(["fine", "Zoé", "🙂", text])
+    with pytest.raises(ValueError, match="item 0 holds a lone surrogate"):
+        model.encode(text)
+    with pytest.raises(UnicodeEncodeError):  # what the check stands for: Python's own UTF-8 encoder refuses it
+        text.encode("utf-8")
+
+
+def test_text_list_is_the_check_other_modules_share():
+    assert text_list("a cat") == ["a cat"]
+    assert text_list(t for t in ("a", "Zoé 🙂")) == ["a", "Zoé 🙂"]
+    with pytest.raises(TypeError, match="item 1 is a int"):
+        text_list(["a", 1])
+    with pytest.raises(ValueError, match=r"item 1 holds a lone surrogate \(U\+DFFF\) at character 3"):
+        text_list(["a", "abc\udfff"])
+
+
+@pytest.mark.parametrize("texts", [[], ["the cat sat"]])
+@pytest.mark.parametrize("bad", [0, -1, 9, 2.5, "4", True])
+def test_truncate_dim_outside_the_embedding_is_refused(pair, texts, bad):
+    model, _ = pair
+    with pytest.raises(ValueError, match="truncate_dim must be"):
+        model.encode(texts, truncate_dim=bad)
+
+
+def test_truncate_dim_matches_sentence_transformers(pair):
+    ours, theirs = pair
+    np.testing.assert_allclose(ours.encode(TINY_SENTENCES, truncate_dim=3),
+                               theirs.encode(TINY_SENTENCES, truncate_dim=3), atol=1e-6)
+    assert ours.encode([], truncate_dim=np.int64(8)).shape == (0, 8)  # numpy ints are ints
+
+
+@pytest.mark.parametrize(("name", "bad"), [("batch_size", "4"), ("batch_size", 2.5), ("batch_size", True),
+                                           ("max_batch_tokens", "5"), ("max_batch_tokens", 0),
+                                           ("max_batch_tokens", 1.5)])
+def test_batch_settings_must_be_positive_ints(pair, name, bad):
+    model, _ = pair
+    with pytest.raises(ValueError, match=f"{name} must be"):
+        model.encode(["x"], **{name: bad})
+
+
+@pytest.mark.parametrize(("device", "named"), [("gpu", "not a device torch knows"), ("cuda:99", "CUDA GPU"),
+                                               (3.5, "not a device torch knows")])
+def test_a_device_this_machine_lacks_is_named(pair, tiny_st_dir, device, named):
+    model, _ = pair
+    with pytest.raises(ValueError, match=f"device={device!r}.*{named}"):
+        model.encode(["x"], device=device)
+    with pytest.raises(ValueError, match=f"device={device!r}.*{named}"):
+        SentenceTransformer(tiny_st_dir, device=device)
+    assert model.device == torch.device("cpu")
+
+
+@pytest.mark.parametrize("bad", [0, -3, "16", 16.0, True, None])
+def test_max_seq_length_must_be_a_positive_int(pair, bad):
+    model, _ = pair
+    with pytest.raises(ValueError, match="max_seq_length must be"):
+        model.max_seq_length = bad
+    with pytest.raises(ValueError, match="max_seq_length must be"):
+        model[0].max_seq_length = bad
+    assert model.max_seq_length == 16
+
+
+@pytest.fixture(scope="module", params=["bert", "roberta", "mpnet", "xlm-roberta"])
+def family_dir(request, tmp_path_factory):
+    return build(request.param, tmp_path_factory.mktemp(request.param) / "hf")
+
+
+def test_max_seq_length_stops_exactly_at_the_position_table(family_dir):
+    """BERT's 64 positions hold 64 tokens; RoBERTa's and XLM-R's 66 hold 64 (ids start after pad_token_id 1),
+    MPNet's too (its padding index is 1 whatever the config says)."""
+    ours, theirs = SentenceTransformer(family_dir, device="cpu"), STModel(str(family_dir), device="cpu")
+    long_text = "the cat " * 100
+    ours.max_seq_length = theirs.max_seq_length = 64  # the limit: the whole table is used, and it works
+    assert ours.tokenize([long_text])["input_ids"].shape == (1, 64)
+    np.testing.assert_allclose(ours.encode(long_text), theirs.encode(long_text), atol=1e-5)
+    with pytest.raises(ValueError, match=r"from 1 to 64 \(the most tokens this model's position table holds\)"):
+        ours.max_seq_length = 65
+    assert ours.max_seq_length == 64
+    ours.tokenizer.model_max_length = 65  # past the check, one token more does break the model
+    with pytest.raises((IndexError, RuntimeError)):
+        ours.encode(long_text)
+
+
+def test_the_limit_is_kept_when_the_model_is_swapped(tiny_st_dir):
+    model = SentenceTransformer(tiny_st_dir, device="cpu")
+    model[0].auto_model = torch.nn.Identity()  # as backend="onnx" does: no config to read any more
+    with pytest.raises(ValueError, match="from 1 to 64"):
+        model.max_seq_length = 65
 
 
 def test_truncation_matches_and_warns_once_with_the_count(pair, caplog):
@@ -117,8 +215,6 @@ def test_truncation_matches_and_warns_once_with_the_count(pair, caplog):
 
 
 def test_max_seq_length_can_be_changed_like_in_sentence_transformers(tiny_st_dir):
-    from sentence_transformers import SentenceTransformer as STModel
-
     ours, theirs = SentenceTransformer(tiny_st_dir, device="cpu"), STModel(str(tiny_st_dir), device="cpu")
     ours.max_seq_length = theirs.max_seq_length = 6
     text = "the cat sat on the mat again"

@@ -9,7 +9,7 @@ from sentence_transformers.sentence_transformer import evaluation as st_evaluati
 from sentence_transformers.util import cos_sim as st_cos_sim
 from sentence_transformers.util import dot_score as st_dot_score
 
-from minist import SentenceTransformer, evaluation, util
+from minist import InputExample, SentenceTransformer, evaluation, util
 from minist.evaluation import dcg_at_k, retrieval_metrics
 
 BIKEFIX = Path(__file__).resolve().parent.parent / "data" / "bikefix"
@@ -93,8 +93,55 @@ def test_retrieval_metrics_by_hand():
     assert dcg_at_k([1, 0, 1], 2) == 1.0
 
 
-def test_bad_input():
-    with pytest.raises(ValueError, match="differ in length"):
-        evaluation.EmbeddingSimilarityEvaluator(["a", "b"], ["c"], [1.0])
+@pytest.mark.parametrize(("arguments", "error", "message"), [
+    ((["a", "b"], ["c"], [1.0]), ValueError, "differ in length: 2, 1, 1"),
+    (([], [], []), ValueError, "needs at least 2 pairs, got 0"),
+    ((["a"], ["b"], [1.0]), ValueError, "needs at least 2 pairs, got 1: a correlation of fewer is undefined"),
+    ((["a", "b"], ["c", "d"], [1.0, float("nan")]), ValueError, r"scores\[1\] is nan; every gold score must be"),
+    ((["a", "b"], ["c", "d"], [1.0, "0.5"]), ValueError, r"scores\[1\] is '0.5'"),
+    ((["a", "b"], ["c", "d"], [0.5, 0.5]), ValueError, "Every gold score is 0.5: a correlation with constant scores"),
+    (("ab", "cd", [0.1, 0.9]), TypeError, "sentences1 must be a list of strings, not str"),
+    ((["a", None], ["c", "d"], [0.1, 0.9]), TypeError, r"sentences1\[1\] is None, not a string"),
+])
+def test_embedding_similarity_evaluator_refuses_what_it_cannot_score(arguments, error, message):
+    with pytest.raises(error, match=message):
+        evaluation.EmbeddingSimilarityEvaluator(*arguments)
+
+
+def test_bad_similarity_and_examples():
     with pytest.raises(ValueError, match="cosinus"):
-        evaluation.EmbeddingSimilarityEvaluator(["a"], ["b"], [1.0], main_similarity="cosinus")
+        evaluation.EmbeddingSimilarityEvaluator(["a", "b"], ["c", "d"], [0.0, 1.0], main_similarity="cosinus")
+    examples = [InputExample(texts=["a", "b"], label=1.0), InputExample(texts=["c", "d"])]  # no label
+    with pytest.raises(ValueError, match=r"scores\[1\] is None"):
+        evaluation.EmbeddingSimilarityEvaluator.from_input_examples(examples)
+    with pytest.raises(ValueError, match="Example 1 has 3 texts; a pair has 2"):
+        evaluation.EmbeddingSimilarityEvaluator.from_input_examples([examples[0], InputExample(texts=["a"] * 3)])
+
+
+QUERIES, CORPUS, RELEVANT = {"q1": "flat tyre", "q2": "squeaky chain"}, {"d1": "patch it", "d2": "oil it"}, {
+    "q1": {"d1"}, "q2": {"d2"}}
+
+
+@pytest.mark.parametrize(("arguments", "kwargs", "error", "message"), [
+    (({}, CORPUS, RELEVANT), {}, ValueError, "got no queries"),
+    ((QUERIES, {}, RELEVANT), {}, ValueError, "got an empty corpus"),
+    ((QUERIES, CORPUS, {"q1": {"x"}, "q3": {"d1"}}), {}, ValueError,
+     r"None of the 2 queries has a relevant document in the corpus: relevant_docs maps query ids \(such as 'q1'\)"),
+    ((QUERIES, CORPUS, {}), {}, ValueError, "None of the 2 queries has a relevant document"),
+    ((QUERIES, CORPUS, {"q1": "d1"}), {}, TypeError, r"relevant_docs\['q1'\] is the string 'd1'; give a set"),
+    ((list(QUERIES.values()), CORPUS, RELEVANT), {}, TypeError, "queries must be a dict keyed by id, not list"),
+    ((QUERIES, {"d1": None}, RELEVANT), {}, TypeError, r"corpus\['d1'\] is None, not a string"),
+    ((QUERIES, CORPUS, RELEVANT), {"precision_recall_at_k": [0, 1]}, ValueError,
+     r"precision_recall_at_k must be a non-empty list of positive ints, not \[0, 1\]"),
+    ((QUERIES, CORPUS, RELEVANT), {"ndcg_at_k": []}, ValueError, "ndcg_at_k must be a non-empty list"),
+])
+def test_information_retrieval_evaluator_refuses_what_it_cannot_score(arguments, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        evaluation.InformationRetrievalEvaluator(*arguments, **kwargs)
+
+
+def test_unknown_main_score_function_is_named_before_encoding():
+    evaluator = evaluation.InformationRetrievalEvaluator(QUERIES, CORPUS, RELEVANT, main_score_function="dot",
+                                                         score_functions={"cos_sim": util.cos_sim})
+    with pytest.raises(ValueError, match=r"main_score_function 'dot' is not one of the score functions \['cos_sim'\]"):
+        evaluator(model=None)  # refused before the model is used

@@ -7,15 +7,18 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from conftest import TINY_SENTENCES
+from model_families import build
 
 import minist.model
 from minist import SentenceTransformer
 from minist.hub import ModelNotFoundError, hub_ids, offline_package_folder, resolve_model_folder
+from minist.transformer import position_limit
 
 
 def test_plain_hugging_face_folder_gets_mean_pooling_like_sentence_transformers(tiny_hf_dir, caplog):
@@ -138,3 +141,38 @@ def test_device_order_cuda_then_mps_then_cpu(monkeypatch):
 
 def test_device_is_honoured(tiny_st_dir):
     assert SentenceTransformer(tiny_st_dir, device="cpu").device == torch.device("cpu")
+
+
+@pytest.mark.parametrize(("config", "limit"), [
+    (dict(model_type="bert", max_position_embeddings=512, pad_token_id=0), 512),
+    (dict(model_type="roberta", max_position_embeddings=514, pad_token_id=1), 512),  # ids start at pad + 1 = 2
+    (dict(model_type="xlm-roberta", max_position_embeddings=8194, pad_token_id=1), 8192),  # bge-m3
+    (dict(model_type="camembert", max_position_embeddings=514, pad_token_id=1), 512),
+    (dict(model_type="mpnet", max_position_embeddings=514, pad_token_id=0), 512),  # MPNet's padding index is 1
+    (dict(model_type="xlnet", max_position_embeddings=-1), None),  # XLNet's "no limit"
+    (dict(model_type="t5"), None),  # relative positions: no table
+])
+def test_position_limit_by_hand(config, limit):
+    assert position_limit(SimpleNamespace(**config)) == limit
+
+
+def test_a_roberta_folder_gets_its_real_limit_not_max_position_embeddings(tmp_path):
+    folder = build("roberta", tmp_path / "m")  # max_position_embeddings=66, pad_token_id=1
+    config_file = folder / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    del config["model_max_length"]  # the tokenizer then sets no limit of its own
+    config_file.write_text(json.dumps(config))
+    model = SentenceTransformer(folder, device="cpu")
+    assert model.max_seq_length == 64
+    assert model.encode("the cat " * 100).shape == (32,)  # 64 tokens fill the table exactly
+
+
+def test_a_saved_max_seq_length_past_the_position_table_is_capped_and_named(tmp_path, tiny_st_dir, caplog):
+    folder = shutil.copytree(tiny_st_dir, tmp_path / "m")
+    options = folder / "sentence_bert_config.json"
+    options.write_text(json.dumps({**json.loads(options.read_text()), "max_seq_length": 100}))
+    with caplog.at_level(logging.WARNING, logger="minist"):
+        model = SentenceTransformer(folder, device="cpu")
+    assert model.max_seq_length == 64
+    assert [r.getMessage() for r in caplog.records if r.name == "minist"] == [
+        f"{options} asks for max_seq_length=100, but the model's position table holds 64 tokens: using 64."]

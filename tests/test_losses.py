@@ -25,7 +25,7 @@ def models(request, tiny_st_dir, real_model_dir):
 
 def batch(model, rows, labels=None):
     examples = [InputExample(texts=list(r), label=None if labels is None else labels[i]) for i, r in enumerate(rows)]
-    return collate(model, examples)
+    return collate(model, examples, use_labels=labels is not None)
 
 
 CASES = [
@@ -60,6 +60,24 @@ def test_matryoshka_matches_sentence_transformers(models):
         expected = st_losses.MatryoshkaLoss(theirs, st_losses.CoSENTLoss(theirs), dims, [1.0, 0.5])(
             batch(ours, PAIRS, LABELS)[0], labels)
     assert abs(got.item() - expected.item()) <= 1e-5
+
+
+def test_losses_declare_what_they_accept(tiny_st_dir):
+    """What fit checks before training. A batch of one pair gives MNRL no in-batch negative and CoSENT no other
+    pair to rank: the loss is exactly 0, here and in sentence-transformers, hence ``min_batch_size = 2``."""
+    assert losses.CosineSimilarityLoss.label_range == (-1, 1)  # a target cosine
+    assert losses.ContrastiveLoss.label_values == (0, 1)
+    assert losses.CoSENTLoss.label_range is None and losses.CoSENTLoss.label_values is None  # any order of scores
+    assert not losses.MultipleNegativesRankingLoss.needs_labels and not losses.TripletLoss.needs_labels
+    assert losses.MultipleNegativesRankingLoss.min_batch_size == losses.CoSENTLoss.min_batch_size == 2
+    assert losses.CosineSimilarityLoss.min_batch_size == losses.TripletLoss.min_batch_size == 1
+    ours, theirs = SentenceTransformer(tiny_st_dir, device="cpu").eval(), STModel(str(tiny_st_dir), device="cpu").eval()
+    for name, labels in [("MultipleNegativesRankingLoss", None), ("CoSENTLoss", LABELS[:1])]:
+        features, label_tensor = batch(ours, PAIRS[:1], labels)
+        with torch.no_grad():
+            got = getattr(losses, name)(ours)(features, label_tensor)
+            expected = getattr(st_losses, name)(theirs)(batch(ours, PAIRS[:1], labels)[0], label_tensor)
+        assert got.item() == expected.item() == 0, name
 
 
 def test_hand_computed_values():
@@ -104,3 +122,5 @@ def test_matryoshka_refuses_impossible_dimensions(tiny_st_dir):
         losses.MatryoshkaLoss(model, losses.CoSENTLoss(model), [16, 4])
     with pytest.raises(ValueError, match="one weight per dimension"):
         losses.MatryoshkaLoss(model, losses.CoSENTLoss(model), [8, 4], [1.0])
+    with pytest.raises(TypeError, match=r"wraps a minist loss, e\.g\. losses\.CoSENTLoss\(model\), not torch"):
+        losses.MatryoshkaLoss(model, torch.nn.MSELoss(), [8, 4])

@@ -76,6 +76,23 @@ def test_semantic_search_inputs_and_edge_cases():
         util.semantic_search(bad, corpus)
 
 
+def test_semantic_search_empty_inputs_and_top_k():
+    """An empty list is no vectors, not one vector of length 0; top_k=0 finds nothing; a bad query is named."""
+    corpus = np.eye(4, dtype=np.float32)
+    assert util.semantic_search(corpus[:2], corpus, top_k=0) == [[], []]
+    assert util.semantic_search([], corpus) == [] == util.semantic_search(np.zeros((0, 4), np.float32), corpus)
+    assert util.semantic_search(corpus[:2], []) == [[], []]
+    assert util.paraphrase_mining_embeddings([]) == []
+    with pytest.raises(ValueError, match="top_k must be a whole number, 0 or more, not -1"):
+        util.semantic_search(corpus, corpus, top_k=-1)
+    for bad in (np.nan, np.inf):
+        queries = corpus[:2].copy()
+        queries[0, 0] = bad
+        for corpus_side, top_k in ((corpus, 3), (corpus, 0), ([], 3)):  # also when nothing would be scored
+            with pytest.raises(ValueError, match="query_embeddings contain NaN or infinite"):
+                util.semantic_search(queries, corpus_side, top_k=top_k)
+
+
 @pytest.mark.parametrize(("top_k", "max_pairs", "chunks"), [(100, 500000, (5000, 100000)), (3, 40, (17, 29))])
 def test_paraphrase_mining_matches(real, top_k, max_pairs, chunks):
     _, corpus, _ = real

@@ -72,29 +72,119 @@ def test_objectives_take_turns(tiny_st_dir):
     assert [h["objective"] for h in model.training_history] == [0, 1] * 3  # min(4, 3) steps, round robin
 
 
-@pytest.mark.parametrize(("objective", "message"), [
-    (lambda m: (DataLoader([InputExample(texts=["a", "b", "c"], label=1.0)]), losses.CosineSimilarityLoss(m)),
-     "example 0 has 3 texts; CosineSimilarityLoss takes 2"),
-    (lambda m: (DataLoader([InputExample(texts=["a", "b"])]), losses.CoSENTLoss(m)),
-     "example 0 has no label; CoSENTLoss needs one"),
-    (lambda m: (DataLoader([InputExample(texts=["a"])]), losses.MultipleNegativesRankingLoss(m)),
-     "has 1 texts; MultipleNegativesRankingLoss takes at least 2"),
-    (lambda m: (DataLoader([]), losses.CoSENTLoss(m)), "empty DataLoader"),
+@pytest.fixture(scope="module")
+def two_models(tiny_st_dir):
+    """The model to train and another instance of it. Refused fits leave them as they were."""
+    return SentenceTransformer(tiny_st_dir, device="cpu"), SentenceTransformer(tiny_st_dir, device="cpu")
+
+
+def pairs(label, n=2):
+    return [InputExample(texts=["the cat", "a cat"], label=label)] * n
+
+
+@pytest.mark.parametrize(("objective", "error", "message"), [
+    (lambda m, o: (DataLoader([InputExample(texts=["a", "b", "c"], label=1.0)]), losses.CosineSimilarityLoss(m)),
+     ValueError, "Objective 0, example 0 has 3 texts; CosineSimilarityLoss takes 2"),
+    (lambda m, o: (DataLoader([InputExample(texts=["a", "b"])] * 2, batch_size=2), losses.CoSENTLoss(m)),
+     ValueError, "Objective 0, example 0 has no label; CoSENTLoss needs one"),
+    (lambda m, o: (DataLoader([InputExample(texts=["a"])] * 2, batch_size=2), losses.MultipleNegativesRankingLoss(m)),
+     ValueError, "has 1 texts; MultipleNegativesRankingLoss takes at least 2"),
+    (lambda m, o: (DataLoader([]), losses.CoSENTLoss(m)), ValueError, "empty DataLoader"),
+    # a loss built on another instance would train that one
+    (lambda m, o: (DataLoader(PAIRS, batch_size=4), losses.CoSENTLoss(o)),
+     ValueError, r"the CoSENTLoss was built on another model instance.*losses\.CoSENTLoss\(model\)"),
+    (lambda m, o: (DataLoader(PAIRS, batch_size=4), losses.MatryoshkaLoss(m, losses.CoSENTLoss(o), [8, 4])),
+     ValueError, r"CoSENTLoss \(inside MatryoshkaLoss\) was built on another model"),
+    # labels: a number, finite, in the loss's range
+    (lambda m, o: (DataLoader(PAIRS[:3] + pairs(float("nan")), batch_size=4), losses.CoSENTLoss(m)),
+     ValueError, "Objective 0, example 3 has the label nan; CoSENTLoss needs a finite number"),
+    (lambda m, o: (DataLoader(pairs(float("inf")), batch_size=2), losses.CosineSimilarityLoss(m)),
+     ValueError, "example 0 has the label inf"),
+    (lambda m, o: (DataLoader(pairs("0.8"), batch_size=2), losses.CoSENTLoss(m)),
+     TypeError, r"example 0 has the label '0\.8' \(str\); CoSENTLoss needs a number"),
+    (lambda m, o: (DataLoader(PAIRS[:1] + pairs(4.2), batch_size=2), losses.CosineSimilarityLoss(m)),
+     ValueError, "example 1 has the label 4.2; CosineSimilarityLoss takes labels from -1.0 to 1.0: scale it to 0-1"),
+    (lambda m, o: (DataLoader(pairs(0.5), batch_size=2), losses.ContrastiveLoss(m)),
+     ValueError, "example 0 has the label 0.5; ContrastiveLoss takes only 0 or 1"),
+    # a batch of one: no in-batch negatives (MNRL), nothing to rank (CoSENT); the loss is constantly 0
+    (lambda m, o: (DataLoader(pairs(None)), losses.MultipleNegativesRankingLoss(m)),
+     ValueError, "MultipleNegativesRankingLoss needs a batch_size of at least 2, not 1.*constantly 0"),
+    (lambda m, o: (DataLoader(pairs(None)), losses.MatryoshkaLoss(m, losses.MultipleNegativesRankingLoss(m), [4])),
+     ValueError, r"MultipleNegativesRankingLoss \(inside MatryoshkaLoss\) needs a batch_size of at least 2"),
+    (lambda m, o: (DataLoader(PAIRS), losses.CoSENTLoss(m)), ValueError, "CoSENTLoss needs a batch_size of at least 2"),
+    (lambda m, o: DataLoader(PAIRS, batch_size=4), TypeError, r"objective 0 must be a \(DataLoader, loss\) pair"),
+    (lambda m, o: (DataLoader(PAIRS, batch_size=4), torch.nn.MSELoss()), TypeError,
+     "must be a minist loss such as losses.CoSENTLoss.model., not torch.nn.modules.loss.MSELoss"),
 ])
-def test_bad_data_is_refused_before_training(tiny_st_dir, objective, message):
-    model = SentenceTransformer(tiny_st_dir, device="cpu")
+def test_bad_data_is_refused_before_training(two_models, objective, error, message):
+    model, other = two_models
     before = weights(model)
-    with pytest.raises(ValueError, match=message):
-        model.fit([objective(model)], show_progress_bar=False)
+    with pytest.raises(error, match=message):
+        model.fit([objective(model, other)], show_progress_bar=False)
     assert torch.equal(weights(model), before)
 
 
-def test_bad_learning_rate_and_texts(tiny_st_dir):
-    model = SentenceTransformer(tiny_st_dir, device="cpu")
-    with pytest.raises(ValueError, match="learning rate must be positive"):
-        model.fit([(DataLoader(PAIRS), losses.CoSENTLoss(model))], optimizer_params={"lr": 0})
+@pytest.mark.parametrize(("settings", "error", "message"), [
+    ({"epochs": 0}, ValueError, "epochs must be at least 1, not 0"),
+    ({"epochs": 1.5}, TypeError, "epochs must be an int, not 1.5"),
+    ({"steps_per_epoch": 0}, ValueError, "steps_per_epoch must be at least 1, not 0"),
+    ({"warmup_steps": -1}, ValueError, "warmup_steps must be at least 0, not -1"),
+    ({"warmup_steps": 0.1}, TypeError, "warmup_steps must be an int, not 0.1. It counts steps: for a ratio"),
+    ({"evaluation_steps": -2}, ValueError, "evaluation_steps must be at least 0"),
+    ({"max_grad_norm": -1.0}, ValueError, "max_grad_norm must be positive, not -1.0"),
+    ({"optimizer_params": {"lr": 0}}, ValueError, "learning rate must be positive, not 0"),
+    ({"optimizer_params": {"lr": "1e-4"}}, ValueError, "learning rate must be positive, not '1e-4'"),
+    ({"optimizer_params": {"learning_rate": 1e-4}}, TypeError, "learning_rate"),  # once silently ignored
+    ({"optimizer_params": {"weight_decay": 0.0}}, ValueError, "Give weight_decay to fit itself"),
+])
+def test_bad_settings_are_named_before_training(two_models, settings, error, message):
+    model, _ = two_models
+    before = weights(model)
+    with pytest.raises(error, match=message):
+        model.fit([(DataLoader(PAIRS, batch_size=4), losses.CoSENTLoss(model))], show_progress_bar=False, **settings)
+    assert torch.equal(weights(model), before)
+
+
+def test_bad_texts():
     with pytest.raises(TypeError, match="list of strings"):
         InputExample(texts="just one string")
+
+
+def test_labels_are_ignored_by_losses_that_take_none(tiny_st_dir):
+    model = SentenceTransformer(tiny_st_dir, device="cpu")
+    examples = [InputExample(texts=["the cat", "a cat"], label="similar"),
+                InputExample(texts=["the dog", "a dog"], label=float("nan"))]
+    model.fit([(DataLoader(examples, batch_size=2), losses.MultipleNegativesRankingLoss(model))], warmup_steps=0,
+              show_progress_bar=False)
+    assert len(model.training_history) == 1 and np.isfinite(model.training_history[0]["loss"])
+
+
+class FixedScore:
+    """An evaluator that always gives the same score: NaN is what a correlation gives constant similarities."""
+
+    primary_metric = "dev_spearman_cosine"
+
+    def __init__(self, score):
+        self.score = score
+
+    def __call__(self, model, output_path=None, epoch=-1, steps=-1):
+        return {self.primary_metric: self.score}
+
+
+@pytest.mark.parametrize(("score", "save_best_model", "warns"), [
+    (float("nan"), True, True),  # no score is ever "the best": the final model, and a warning naming the metric
+    (0.5, False, False),  # no best model wanted: the final model
+])
+def test_output_path_always_gets_a_model(tmp_path, tiny_st_dir, recwarn, score, save_best_model, warns):
+    model = SentenceTransformer(tiny_st_dir, device="cpu")
+    model.fit([(DataLoader(PAIRS, batch_size=4), losses.CoSENTLoss(model))], evaluator=FixedScore(score),
+              steps_per_epoch=1, warmup_steps=0, output_path=tmp_path / "out", save_best_model=save_best_model,
+              show_progress_bar=False)
+    messages = [str(w.message) for w in recwarn if "dev_spearman_cosine" in str(w.message)]
+    assert len(messages) == int(warns)
+    assert not warns or "no best model was saved; saving the final model" in messages[0]
+    saved = SentenceTransformer(tmp_path / "out", device="cpu")
+    np.testing.assert_allclose(saved.encode(TINY_SENTENCES), model.encode(TINY_SENTENCES), atol=1e-6)
 
 
 def test_evaluator_keeps_the_best_model(tmp_path, tiny_st_dir):
