@@ -223,7 +223,7 @@ def test_two_threads_adding_at_once_lose_nothing(tmp_path, model):
     caches = [EmbeddingCache(tmp_path / "c", model), EmbeddingCache(tmp_path / "c", model)]
     texts = [[f"thread {side} text {i}" for i in range(20)] + ["both"] for side in range(2)]
 
-    def writer(side):  # the first thread shares its cache object with... itself; the second opened its own
+    def writer(side):  # each thread adds through its own EmbeddingCache of the same folder
         for start in range(0, 21, 4):
             caches[side].add(texts[side][start:start + 4])
 
