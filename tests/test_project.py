@@ -1,5 +1,7 @@
 """The project's own promises: environment.yml and pyproject.toml agree, the README's snippets run."""
 
+import ast
+import importlib.metadata
 import itertools
 import json
 import os
@@ -34,6 +36,24 @@ def test_environment_yml_mirrors_pyproject():
     assert dict(map(normalize, listed)) == dict(map(normalize, wanted))
     assert len(listed) == len(wanted), "a dependency is listed twice"
     assert f"python{project['requires-python']}" in env["dependencies"]
+
+
+def test_every_module_level_import_of_minist_is_a_declared_runtime_dependency():
+    """``pip install minist`` without extras must give an importable package: what a module imports at its
+    top is declared in ``dependencies``; optional libraries are imported inside the functions that use them."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {normalize(requirement)[0] for requirement in project["dependencies"]}
+    distributions = importlib.metadata.packages_distributions()  # import name -> the distributions that give it
+    imported = set()
+    for path in (ROOT / "minist").rglob("*.py"):
+        for node in ast.parse(path.read_text()).body:  # module level only
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            imported |= {name.split(".")[0] for name in names}
+    third_party = imported - set(sys.stdlib_module_names) - {"minist", "__future__"}
+    undeclared = {name for name in third_party
+                  if not {normalize(d)[0] for d in distributions.get(name, [name])} & declared}
+    assert not undeclared, f"imported at module level but not in pyproject's dependencies: {sorted(undeclared)}"
 
 
 def readme_blocks(language: str) -> list[str]:

@@ -1,15 +1,19 @@
 """The fast paths: token-budget batches and ONNX Runtime (same numbers); int8 and 16-bit autocast (close numbers)."""
 
+import logging
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import TINY_SENTENCES
+from scipy.stats import spearmanr
 from test_real_model import SENTENCES
 from torch.utils.data import DataLoader
 
 from minist import InputExample, SentenceTransformer, losses
+from minist.cpu import FAITHFUL, FEATURES, PATHS, choose_path, fastest_path, instruction_sets
 from minist.model import token_batches
 from minist.quantization import Int8Linear, quantize_linear_layers, quantize_rows
 
@@ -64,7 +68,8 @@ def test_int8_linear_is_the_integer_product_rescaled():
     assert ((got - reference).norm(dim=-1) / reference.norm(dim=-1)).max() < 0.02  # each token within 2%
 
 
-def test_every_linear_layer_is_replaced(tiny_hf_dir):
+def test_every_linear_layer_is_replaced(tiny_hf_dir, fake_cpu):
+    fake_cpu("AVX2", "AVX-512", "AVX-512 VNNI")  # torch's int8 product is fast: minist uses it
     model = SentenceTransformer(tiny_hf_dir, device="cpu", quantize="int8")
     auto_model = model[0].auto_model
     assert not any(type(m) is torch.nn.Linear for m in auto_model.modules())
@@ -74,7 +79,8 @@ def test_every_linear_layer_is_replaced(tiny_hf_dir):
 
 
 @pytest.mark.real_model
-def test_int8_and_bf16_stay_close_to_float32(real_model_dir):
+def test_int8_and_bf16_stay_close_to_float32(real_model_dir, fake_cpu):
+    fake_cpu("AVX2", "AVX-512", "AVX-512 VNNI", "AVX-512 BF16")  # torch's kernels, even where they are slow
     reference = SentenceTransformer(real_model_dir, device="cpu").encode(SENTENCES, convert_to_tensor=True)
     for quantize, mean, worst in (("int8", 0.99, 0.95), ("bf16", 0.999, 0.99)):
         got = SentenceTransformer(real_model_dir, device="cpu", quantize=quantize).encode(
@@ -85,7 +91,8 @@ def test_int8_and_bf16_stay_close_to_float32(real_model_dir):
         assert (got - reference).abs().max() > 1e-5  # really computed another way
 
 
-def test_bf16_autocast_keeps_float32_outputs(tiny_st_dir):
+def test_bf16_autocast_keeps_float32_outputs(tiny_st_dir, fake_cpu):
+    fake_cpu("AVX2", "AVX-512", "AVX-512 BF16")
     model = SentenceTransformer(tiny_st_dir, device="cpu", quantize="bf16")
     assert model.encode(TINY_SENTENCES).dtype == np.float32
     assert {t.dtype for t in model.encode(TINY_SENTENCES, output_value="token_embeddings")} == {torch.float32}
@@ -101,7 +108,8 @@ def test_fp16_on_cuda_is_within_a_hundredth_of_float32(tiny_st_dir):
     assert (1 - torch.nn.functional.cosine_similarity(got, reference)).max() <= 1e-2
 
 
-def test_bad_quantize_requests_are_refused(tmp_path, tiny_st_dir):
+def test_bad_quantize_requests_are_refused(tmp_path, tiny_st_dir, fake_cpu):
+    fake_cpu("AVX2", "AVX-512", "AVX-512 VNNI")
     with pytest.raises(ValueError, match="quantize must be None, 'int8', 'bf16' or 'fp16', not 'int4'"):
         SentenceTransformer(tiny_st_dir, device="cpu", quantize="int4")
     with pytest.raises(ValueError, match="quantize='int8' and backend='onnx' run on the CPU, not meta"):
@@ -115,6 +123,98 @@ def test_bad_quantize_requests_are_refused(tmp_path, tiny_st_dir):
     loader = DataLoader([InputExample(texts=["a", "b"], label=1.0)], batch_size=1)
     with pytest.raises(ValueError, match="int8-quantized or ONNX model cannot be trained"):
         model.fit([(loader, losses.CosineSimilarityLoss(model))])
+
+
+# --- which kernel runs, per CPU (minist.cpu) --------------------------------------------------------------
+AVX2 = ("AVX2",)
+VNNI = ("AVX2", "AVX-512", "AVX-512 VNNI")
+SAPPHIRE_RAPIDS = ("AVX2", "AVX-512", "AVX-512 VNNI", "AVX-512 BF16", "AVX-512 FP16", "AMX-INT8", "AMX-BF16")
+# (CPU, onnxruntime installed, asked (quantize, backend, device)) -> what runs, and a word of the reason
+CHOICES = [
+    (AVX2, True, ("int8", "hf", "cpu"), ("int8", "onnx"), "runs on ONNX Runtime: this CPU has no AVX-512 VNNI"),
+    (AVX2, False, ("int8", "hf", "cpu"), (None, "hf"), "pip install 'minist[onnx]'. Running float32."),
+    (AVX2, True, ("int8", "minist", "cpu"), (None, "minist"), "load with backend='hf' to use it"),
+    (AVX2, True, ("int8", "onnx", "cpu"), ("int8", "onnx"), ""),
+    (AVX2, True, ("bf16", "hf", "cpu"), (None, "hf"), "no AVX-512 BF16 or AMX-BF16). Running float32."),
+    (AVX2, True, ("fp16", "hf", "cpu"), (None, "hf"), "no AVX-512 FP16 or AMX-FP16). Running float32."),
+    (AVX2, True, (None, "hf", "cpu"), (None, "hf"), ""),
+    (AVX2, True, ("bf16", "hf", "cuda"), ("bf16", "hf"), ""),  # a GPU's units are not the CPU's business
+    (VNNI, False, ("int8", "hf", "cpu"), ("int8", "hf"), ""),
+    (VNNI, True, ("int8", "minist", "cpu"), ("int8", "minist"), ""),
+    (VNNI, True, ("bf16", "hf", "cpu"), (None, "hf"), "no AVX-512 BF16"),
+    (("AVX2", "AMX-INT8"), True, ("int8", "hf", "cpu"), ("int8", "hf"), ""),
+    (("AVX2", "AMX-BF16"), True, ("bf16", "hf", "cpu"), ("bf16", "hf"), ""),
+    (("AVX2", "AMX-FP16"), True, ("fp16", "hf", "cpu"), ("fp16", "hf"), ""),
+    (SAPPHIRE_RAPIDS, True, ("bf16", "minist", "cpu"), ("bf16", "minist"), ""),
+]
+
+
+@pytest.mark.parametrize(("cpu", "onnxruntime", "asked", "runs", "why"), CHOICES)
+def test_each_cpu_gets_the_fastest_kernel_it_has(fake_cpu, cpu, onnxruntime, asked, runs, why):
+    fake_cpu(*cpu, onnxruntime=onnxruntime)
+    quantize, backend, note = choose_path(*asked)
+    assert (quantize, backend) == runs
+    assert why in note and bool(note) == bool(why)
+
+
+def test_the_choice_is_what_the_model_runs_shows_and_logs_once(tiny_st_dir, onnx_cache, fake_cpu, caplog):
+    fake_cpu("AVX2")
+    with caplog.at_level(logging.INFO, logger="minist"):
+        model = SentenceTransformer(tiny_st_dir, device="cpu", quantize="int8")
+        again = SentenceTransformer(tiny_st_dir, device="cpu", quantize="int8")
+    assert (model.quantize, model.backend) == ("int8", "onnx") and "AVX-512 VNNI" in model.path_note
+    assert type(model[0].auto_model).__name__ == "OnnxModel"
+    assert repr(model).splitlines()[1] == "  quantize='int8', backend='onnx'"
+    assert [r.levelname for r in caplog.records] == ["INFO"] and caplog.records[0].message == model.path_note
+    explicit = SentenceTransformer(tiny_st_dir, device="cpu", backend="onnx", quantize="int8")
+    np.testing.assert_array_equal(again.encode(TINY_SENTENCES), explicit.encode(TINY_SENTENCES))
+
+
+@pytest.mark.parametrize("quantize", ["int8", "bf16"])
+def test_without_a_fast_kernel_it_warns_and_runs_float32(tmp_path, tiny_st_dir, fake_cpu, caplog, quantize):
+    fake_cpu("AVX2", onnxruntime=False)
+    with caplog.at_level(logging.INFO, logger="minist"):
+        model = SentenceTransformer(tiny_st_dir, device="cpu", quantize=quantize)
+    assert [r.levelname for r in caplog.records] == ["WARNING"] and "Running float32" in caplog.text
+    assert model.quantize is None and repr(model) == repr(SentenceTransformer(tiny_st_dir, device="cpu"))
+    reference = SentenceTransformer(tiny_st_dir, device="cpu").encode(TINY_SENTENCES)
+    np.testing.assert_array_equal(model.encode(TINY_SENTENCES), reference)  # float32 exactly
+    model.save(tmp_path / "saved")  # a float32 model saves as one
+    np.testing.assert_array_equal(SentenceTransformer(tmp_path / "saved", device="cpu").encode(TINY_SENTENCES),
+                                  reference)
+
+
+def test_instruction_sets_from_torch_agree_with_linux_flags(monkeypatch):
+    """torch's cpuinfo (read where torch has it, >= 2.9) against /proc/cpuinfo (the fallback), both ways."""
+    flags = Path("/proc/cpuinfo").read_text().split("\nflags")[1].split("\n")[0].split()
+    expected = {name: flag in flags for name, (_, flag) in FEATURES.items()}
+    assert instruction_sets() == expected
+    monkeypatch.delattr(torch.cpu, "get_capabilities")  # as on an older torch
+    assert instruction_sets() == expected
+
+
+def test_fastest_path_times_every_path_and_keeps_the_faithful(tiny_st_dir, onnx_cache, fake_cpu, monkeypatch):
+    fake_cpu("AVX2")  # int8 runs on ONNX Runtime, bf16 as float32: timed once each
+    texts = TINY_SENTENCES * 4
+    pairs = (TINY_SENTENCES[:5], TINY_SENTENCES[5:], [0.1, 0.9, 0.3, 0.5, 0.7])
+    monkeypatch.setitem(FAITHFUL, "cosine worst", 1 - 1e-5)  # only exact paths can pass: int8 must not
+    report = fastest_path(tiny_st_dir, texts, sts=pairs, repeats=1, show_progress_bar=False)
+    runs = {row["path"]: row["runs"] for row in report.rows}
+    assert runs == {"float32": "float32", "onnx": "onnx", "int8": "onnx int8", "onnx int8": "onnx int8",
+                    "bf16": "float32"}
+    reference = SentenceTransformer(tiny_st_dir, device="cpu").encode(texts, convert_to_tensor=True)
+    for row in report.rows:
+        got = SentenceTransformer(tiny_st_dir, device="cpu", **PATHS[row["runs"]]).encode(texts, convert_to_tensor=True)
+        cosine = torch.nn.functional.cosine_similarity(got, reference)
+        assert row["cosine mean"] == pytest.approx(cosine.mean().item(), abs=1e-6)
+        assert row["cosine worst"] == pytest.approx(cosine.min().item(), abs=1e-6)
+        a, b = (SentenceTransformer(tiny_st_dir, device="cpu", **PATHS[row["runs"]]).encode(part) for part in pairs[:2])
+        cosines = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+        assert row["spearman"] == pytest.approx(100 * spearmanr(pairs[2], cosines).statistic, abs=1e-4)
+        assert row["faithful"] == (row["runs"] in ("float32", "onnx"))
+    fastest = max((row for row in report.rows if row["faithful"]), key=lambda row: row["texts/s"])
+    assert report.best == PATHS[fastest["runs"]] and report.rows[0]["speed-up"] == 1.0
+    assert "AVX2" in str(report) and "onnx int8" in str(report)
 
 
 # --- the ONNX Runtime backend ---------------------------------------------------------------------------
