@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 
 from minist import evaluation, losses, util
 from minist.model import SentenceTransformer
+from minist.similarity import SimilarityFunction
 from minist.training import InputExample
 
-__all__ = ["InputExample", "SentenceTransformer", "__version__", "evaluation", "losses", "util"]
+__all__ = ["InputExample", "SentenceTransformer", "SimilarityFunction", "__version__", "evaluation", "losses", "util"]

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -38,7 +40,7 @@ from minist.normalize import Normalize
 from minist.ort import onnx_model
 from minist.quantization import quantize_linear_layers
 from minist.saving import save_folder, write_modules_json
-from minist.similarity import SIMILARITY_FUNCTIONS
+from minist.similarity import SimilarityFunction
 from minist.training import fit
 from minist.transformer import Backend, Transformer
 
@@ -84,21 +86,24 @@ class SentenceTransformer(nn.Sequential):
 
     def __init__(self, model_name_or_path: str | Path | None = None, modules: list[nn.Module] | None = None,
                  device: str | None = None, cache_folder: str | Path | None = None, backend: Backend = "hf",
-                 quantize: Quantize | None = None):
+                 quantize: Quantize | None = None, similarity_fn_name: str | SimilarityFunction | None = None,
+                 truncate_dim: int | None = None):
         if quantize not in (None, "int8", *AUTOCAST_DTYPES):
             raise ValueError(f"quantize must be None, 'int8', 'bf16' or 'fp16', not {quantize!r}.")
         if backend == "onnx" and quantize in AUTOCAST_DTYPES:
             raise ValueError(f"quantize={quantize!r} runs torch.autocast; backend='onnx' takes None or 'int8'.")
-        similarity_fn_name = None
+        saved_similarity = None
         if model_name_or_path is not None:
             folder = resolve_model_folder(model_name_or_path, cache_folder)
             modules = load_steps(folder, backend)
-            similarity_fn_name = read_similarity_fn_name(folder / "config_sentence_transformers.json")
+            saved_similarity = read_similarity_fn_name(folder / "config_sentence_transformers.json")
         if not modules or not isinstance(modules[0], Transformer):
             raise ValueError("Give a model name or path, or modules that start with a minist Transformer.")
         super().__init__(*modules)
         self.name_or_path = None if model_name_or_path is None else str(model_name_or_path)
-        self.similarity_fn_name = similarity_fn_name or "cosine"
+        self.similarity_fn_name = similarity_fn_name or saved_similarity  # the argument wins, as upstream
+        check_count("truncate_dim", truncate_dim, output_dimension(self), "the embedding size")
+        self.truncate_dim = truncate_dim  # encode's default: keep the first truncate_dim numbers
         self.quantize, self.backend = quantize, backend
         device = self._usable_device(device or default_device())
         # What runs may differ from what was asked: the fast kernels need instructions not every CPU has.
@@ -112,9 +117,10 @@ class SentenceTransformer(nn.Sequential):
             quantize_linear_layers(self[0].auto_model)
 
     def extra_repr(self) -> str:
-        """What runs, where it is not float32 on transformers: the first line of ``repr(model)``."""
+        """What runs and what encode returns, where not the defaults: the first line of ``repr(model)``."""
         return ", ".join([f"quantize={self.quantize!r}"] * bool(self.quantize)
-                         + [f"backend={self.backend!r}"] * (self.backend != "hf"))
+                         + [f"backend={self.backend!r}"] * (self.backend != "hf")
+                         + [f"truncate_dim={self.truncate_dim}"] * (self.truncate_dim is not None))
 
     def _usable_device(self, device: str | torch.device) -> torch.device:
         """``device`` parsed and checked: one torch knows, this machine has, and this model can run on."""
@@ -152,16 +158,48 @@ class SentenceTransformer(nn.Sequential):
         """texts -> padded (batch, seq) tensors: ``input_ids``, ``attention_mask`` (and ``token_type_ids``)."""
         return self[0].tokenize(texts)
 
-    def get_sentence_embedding_dimension(self) -> int:
-        """The size of what ``encode`` returns: the last step that changes it decides."""
-        return output_dimension(self)
+    @property
+    def transformers_model(self) -> transformers.PreTrainedModel | None:
+        """The Hugging Face model inside, or None where another backend runs it (ONNX Runtime, minist.bert)."""
+        model = self[0].auto_model
+        return model if isinstance(model, transformers.PreTrainedModel) else None
+
+    def get_embedding_dimension(self) -> int:
+        """The size of what ``encode`` returns: the last step that changes it decides, then ``truncate_dim``."""
+        return min(output_dimension(self), self.truncate_dim or output_dimension(self))
+
+    get_sentence_embedding_dimension = get_embedding_dimension  # the name before sentence-transformers 6
+
+    @contextmanager
+    def truncate_embeddings(self, truncate_dim: int | None) -> Iterator[None]:
+        """``with model.truncate_embeddings(64): model.encode(...)`` returns 64 numbers per text."""
+        kept, self.truncate_dim = self.truncate_dim, truncate_dim
+        try:
+            yield
+        finally:
+            self.truncate_dim = kept
+
+    @property
+    def similarity_fn_name(self) -> str:
+        """"cosine", "dot", "euclidean" or "manhattan": what ``model.similarity`` computes."""
+        return self._similarity_fn_name
+
+    @similarity_fn_name.setter
+    def similarity_fn_name(self, name: str | SimilarityFunction | None) -> None:
+        """Checked when set, as upstream: an unknown name fails here, not at the first ``similarity`` call."""
+        try:
+            self._similarity_fn_name = SimilarityFunction(name or "cosine").value
+        except ValueError:
+            raise ValueError(f"similarity_fn_name must be one of {SimilarityFunction.possible_values()}, "
+                             f"not {name!r}.") from None
 
     def similarity(self, a, b) -> Tensor:
         """The model's similarity function (cosine unless its config names another): (n, dim), (m, dim) -> (n, m)."""
-        if self.similarity_fn_name not in SIMILARITY_FUNCTIONS:
-            name, known = self.similarity_fn_name, ", ".join(SIMILARITY_FUNCTIONS)
-            raise ValueError(f"Unsupported similarity_fn_name {name!r}; minist has {known}.")
-        return SIMILARITY_FUNCTIONS[self.similarity_fn_name](a, b)
+        return SimilarityFunction.to_similarity_fn(self.similarity_fn_name)(a, b)
+
+    def similarity_pairwise(self, a, b) -> Tensor:
+        """The same function, row by row: (n, dim), (n, dim) -> (n,) with ``[i] = similarity(a[i], b[i])``."""
+        return SimilarityFunction.to_similarity_pairwise_fn(self.similarity_fn_name)(a, b)
 
     fit = fit  # model.fit(train_objectives=[(dataloader, loss)], ...): see minist.training
 
@@ -187,7 +225,8 @@ class SentenceTransformer(nn.Sequential):
             raise ValueError(f"output_value must be 'sentence_embedding' or 'token_embeddings', not {output_value!r}.")
         check_count("batch_size", batch_size)
         check_count("max_batch_tokens", max_batch_tokens)
-        check_count("truncate_dim", truncate_dim, self.get_sentence_embedding_dimension(), "the embedding size")
+        check_count("truncate_dim", truncate_dim, output_dimension(self), "the embedding size")
+        truncate_dim = truncate_dim if truncate_dim is not None else self.truncate_dim
         if device is not None:
             self.to(self._usable_device(device))
         if max_batch_tokens is None:  # on a CPU, batches whose activations stay in the cache run fastest
@@ -237,7 +276,7 @@ class SentenceTransformer(nn.Sequential):
     def _empty_result(self, output_value: str, convert_to_numpy: bool, convert_to_tensor: bool,
                       truncate_dim: int | None):
         """What ``encode([])`` returns: no rows, but the right type and width."""
-        dim = truncate_dim or self.get_sentence_embedding_dimension()
+        dim = truncate_dim or self.get_embedding_dimension()
         if output_value == "token_embeddings" or not (convert_to_numpy or convert_to_tensor):
             return []
         return torch.empty(0, dim, device=self.device) if convert_to_tensor else np.zeros((0, dim), np.float32)
@@ -249,6 +288,8 @@ class SentenceTransformer(nn.Sequential):
             raise ValueError("An int8-quantized or ONNX model cannot be saved (its torch weights are gone): save the "
                              "float32 model and load that with quantize='int8' or backend='onnx'.")
         save_folder(self._write, path)
+
+    save_pretrained = save  # sentence-transformers' other name for it
 
     def _write(self, folder: Path) -> None:
         steps = []

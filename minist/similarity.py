@@ -10,6 +10,8 @@ Left out: sparse tensors and multi-vector (late-interaction) scores.
 
 from __future__ import annotations
 
+from enum import Enum
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -118,3 +120,30 @@ def pairwise_manhattan_sim(a: ArrayLike, b: ArrayLike) -> Tensor:
 SIMILARITY_FUNCTIONS = {"cosine": cos_sim, "dot": dot_score, "euclidean": euclidean_sim, "manhattan": manhattan_sim}
 PAIRWISE_FUNCTIONS = {"cosine": pairwise_cos_sim, "dot": pairwise_dot_score, "euclidean": pairwise_euclidean_sim,
                       "manhattan": pairwise_manhattan_sim}
+pytorch_cos_sim = cos_sim  # sentence-transformers' older name, still in its util
+
+
+class SimilarityFunction(Enum):
+    """The names a model's ``similarity_fn_name`` takes, as sentence-transformers' enum of the same name.
+
+    >>> SimilarityFunction.to_similarity_fn("dot") is dot_score
+    True
+    """
+
+    COSINE = "cosine"
+    DOT_PRODUCT = "dot"
+    DOT = "dot"  # an alias of DOT_PRODUCT, as upstream
+    EUCLIDEAN = "euclidean"
+    MANHATTAN = "manhattan"
+
+    @staticmethod
+    def to_similarity_fn(name: str | SimilarityFunction):
+        return SIMILARITY_FUNCTIONS[SimilarityFunction(name).value]  # ValueError for an unknown name
+
+    @staticmethod
+    def to_similarity_pairwise_fn(name: str | SimilarityFunction):
+        return PAIRWISE_FUNCTIONS[SimilarityFunction(name).value]
+
+    @staticmethod
+    def possible_values() -> list[str]:
+        return [member.value for member in SimilarityFunction]

@@ -16,6 +16,7 @@ from minist.similarity import (
     pairwise_dot_score,
     pairwise_euclidean_sim,
     pairwise_manhattan_sim,
+    pytorch_cos_sim,
 )
 
 __all__ = [
@@ -31,5 +32,6 @@ __all__ = [
     "pairwise_manhattan_sim",
     "paraphrase_mining",
     "paraphrase_mining_embeddings",
+    "pytorch_cos_sim",
     "semantic_search",
 ]

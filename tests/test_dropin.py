@@ -1,0 +1,90 @@
+"""Today's sentence-transformers names (issue 13), each compared with sentence-transformers 6 on the same inputs."""
+
+import numpy as np
+import pytest
+import sentence_transformers
+import torch
+from conftest import TINY_SENTENCES
+from sentence_transformers import SentenceTransformer as STModel
+from sentence_transformers import util as st_util
+
+from minist import SentenceTransformer, SimilarityFunction, util
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_st_dir):
+    return SentenceTransformer(tiny_st_dir, device="cpu"), STModel(str(tiny_st_dir), device="cpu")
+
+
+def test_similarity_function_enum_is_upstreams():
+    upstream = sentence_transformers.SimilarityFunction
+    late_interaction = {"MAXSIM", "MEAN_MAXSIM"}  # multi-vector models: not in minist (the README's "left out")
+    assert {m.name: m.value for m in SimilarityFunction} == {m.name: m.value for m in upstream
+                                                             if m.name not in late_interaction}
+    assert SimilarityFunction.DOT is SimilarityFunction.DOT_PRODUCT and upstream.DOT is upstream.DOT_PRODUCT
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(4, 8)).astype(np.float32), rng.normal(size=(4, 8)).astype(np.float32)
+    for name in SimilarityFunction.possible_values():
+        torch.testing.assert_close(SimilarityFunction.to_similarity_fn(name)(a, b),
+                                   upstream.to_similarity_fn(name)(a, b))
+        torch.testing.assert_close(SimilarityFunction.to_similarity_pairwise_fn(name)(a, b),
+                                   upstream.to_similarity_pairwise_fn(name)(a, b))
+    for module in (SimilarityFunction, upstream):
+        with pytest.raises(ValueError):
+            module.to_similarity_fn("cos")
+    torch.testing.assert_close(util.pytorch_cos_sim(a, b), st_util.pytorch_cos_sim(a, b))
+
+
+@pytest.mark.parametrize("name", ["cosine", "dot", "euclidean", "manhattan", SimilarityFunction.MANHATTAN])
+def test_similarity_and_similarity_pairwise_follow_similarity_fn_name(pair, name):
+    ours, theirs = pair
+    upstream_name = name.value if isinstance(name, SimilarityFunction) else name
+    ours.similarity_fn_name, theirs.similarity_fn_name = name, upstream_name
+    assert ours.similarity_fn_name == theirs.similarity_fn_name == upstream_name
+    a, b = ours.encode(TINY_SENTENCES[:4]), ours.encode(TINY_SENTENCES[4:8])
+    torch.testing.assert_close(ours.similarity(a, b), theirs.similarity(a, b))
+    torch.testing.assert_close(ours.similarity_pairwise(a, b), theirs.similarity_pairwise(a, b))
+    ours.similarity_fn_name = theirs.similarity_fn_name = "cosine"
+
+
+def test_an_unknown_similarity_fn_name_is_refused_when_set(pair, tiny_st_dir):
+    ours, theirs = pair
+    for model in (ours, theirs):
+        with pytest.raises(ValueError, match="cos"):
+            model.similarity_fn_name = "cos"
+    assert ours.similarity_fn_name == "cosine"  # unchanged by the refusal
+    with pytest.raises(ValueError, match="similarity_fn_name must be one of"):
+        SentenceTransformer(tiny_st_dir, device="cpu", similarity_fn_name="cos")
+
+
+def test_similarity_fn_name_argument_overrides_the_saved_one_and_is_saved(tmp_path, tiny_st_dir):
+    ours = SentenceTransformer(tiny_st_dir, device="cpu", similarity_fn_name="dot")
+    theirs = STModel(str(tiny_st_dir), device="cpu", similarity_fn_name="dot")
+    assert ours.similarity_fn_name == theirs.similarity_fn_name == "dot"
+    ours.save_pretrained(tmp_path / "saved")  # the other name of save
+    assert STModel(str(tmp_path / "saved"), device="cpu").similarity_fn_name == "dot"
+    assert SentenceTransformer(tmp_path / "saved", device="cpu").similarity_fn_name == "dot"
+
+
+def test_truncate_dim_in_the_constructor_in_encode_and_in_a_with_block(tiny_st_dir):
+    ours = SentenceTransformer(tiny_st_dir, device="cpu", truncate_dim=4)
+    theirs = STModel(str(tiny_st_dir), device="cpu", truncate_dim=4)
+    np.testing.assert_allclose(ours.encode(TINY_SENTENCES), theirs.encode(TINY_SENTENCES), atol=1e-5)
+    assert ours.get_embedding_dimension() == theirs.get_embedding_dimension() == 4
+    assert ours.get_sentence_embedding_dimension() == 4
+    np.testing.assert_allclose(ours.encode(TINY_SENTENCES, truncate_dim=2),  # the call's own truncate_dim wins
+                               theirs.encode(TINY_SENTENCES, truncate_dim=2), atol=1e-5)
+    with ours.truncate_embeddings(3), theirs.truncate_embeddings(3):
+        assert ours.encode(TINY_SENTENCES).shape == theirs.encode(TINY_SENTENCES).shape == (len(TINY_SENTENCES), 3)
+        assert ours.get_embedding_dimension() == theirs.get_embedding_dimension() == 3
+    assert ours.truncate_dim == theirs.truncate_dim == 4  # restored after the block
+    assert "truncate_dim=4" in repr(ours)  # the cache fingerprint reads repr: truncated embeddings are others
+    with pytest.raises(ValueError, match=r"truncate_dim must be from 1 to 8 \(the embedding size\)"):
+        SentenceTransformer(tiny_st_dir, device="cpu", truncate_dim=10**6)
+
+
+def test_transformers_model_is_the_hugging_face_model(pair, tiny_st_dir):
+    ours, theirs = pair
+    assert ours.transformers_model is ours[0].auto_model
+    assert type(ours.transformers_model) is type(theirs.transformers_model)
+    assert SentenceTransformer(tiny_st_dir, device="cpu", backend="minist").transformers_model is None
