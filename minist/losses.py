@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from minist.similarity import cos_sim, pairwise_cos_sim
+from minist.similarity import cos_sim, pairwise_cos_sim, pairwise_euclidean_sim, pairwise_manhattan_sim
 
 
 def cosine_similarity_loss(a: Tensor, b: Tensor, labels: Tensor) -> Tensor:
@@ -46,9 +46,18 @@ def contrastive_loss(a: Tensor, b: Tensor, labels: Tensor, margin: float = 0.5) 
     return (0.5 * (labels * distances.pow(2) + (1 - labels) * F.relu(margin - distances).pow(2))).mean()
 
 
-def triplet_loss(anchors: Tensor, positives: Tensor, negatives: Tensor, margin: float = 5.0) -> Tensor:
-    """mean(max(0, ||anchor - positive|| - ||anchor - negative|| + margin))."""
-    return F.relu(F.pairwise_distance(anchors, positives) - F.pairwise_distance(anchors, negatives) + margin).mean()
+class TripletDistanceMetric:
+    """The distances ``TripletLoss`` can use, under sentence-transformers' names: (n, dim), (n, dim) -> (n,)."""
+
+    COSINE = staticmethod(lambda x, y: 1 - pairwise_cos_sim(x, y))
+    EUCLIDEAN = staticmethod(lambda x, y: -pairwise_euclidean_sim(x, y))
+    MANHATTAN = staticmethod(lambda x, y: -pairwise_manhattan_sim(x, y))
+
+
+def triplet_loss(anchors: Tensor, positives: Tensor, negatives: Tensor, margin: float = 5.0,
+                 distance=TripletDistanceMetric.EUCLIDEAN) -> Tensor:
+    """mean(max(0, d(anchor, positive) - d(anchor, negative) + margin)), d euclidean unless given."""
+    return F.relu(distance(anchors, positives) - distance(anchors, negatives) + margin).mean()
 
 
 class Loss(nn.Module):
@@ -141,17 +150,17 @@ class ContrastiveLoss(Loss):
 
 
 class TripletLoss(Loss):
-    """Inputs: (anchor, positive, negative), no labels / formula: ``triplet_loss`` (euclidean distance)
-    / reference: Schroff, Kalenichenko & Philbin 2015, https://arxiv.org/abs/1503.03832."""
+    """Inputs: (anchor, positive, negative), no labels / formula: ``triplet_loss`` (a ``TripletDistanceMetric``,
+    euclidean by default) / reference: Schroff, Kalenichenko & Philbin 2015, https://arxiv.org/abs/1503.03832."""
 
     columns, needs_labels = (3, 3), False
 
-    def __init__(self, model: nn.Module, triplet_margin: float = 5.0):
+    def __init__(self, model: nn.Module, distance_metric=TripletDistanceMetric.EUCLIDEAN, triplet_margin: float = 5.0):
         super().__init__(model)
-        self.triplet_margin = triplet_margin
+        self.distance_metric, self.triplet_margin = distance_metric, triplet_margin
 
     def compute_loss_from_embeddings(self, embeddings, labels):
-        return triplet_loss(*embeddings, margin=self.triplet_margin)
+        return triplet_loss(*embeddings, margin=self.triplet_margin, distance=self.distance_metric)
 
 
 class MatryoshkaLoss(Loss):

@@ -22,7 +22,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ from minist.inputs import check_count, text_list
 from minist.loading import load_steps, output_dimension, read_similarity_fn_name
 from minist.normalize import Normalize
 from minist.ort import onnx_model
-from minist.quantization import quantize_linear_layers
+from minist.quantization import Precision, quantize_embeddings, quantize_linear_layers
 from minist.saving import save_folder, write_modules_json
 from minist.similarity import SimilarityFunction
 from minist.training import fit
@@ -207,14 +207,16 @@ class SentenceTransformer(nn.Sequential):
     def encode(self, sentences: str | list[str], batch_size: int | None = None, show_progress_bar: bool | None = None,
                output_value: Literal["sentence_embedding", "token_embeddings"] = "sentence_embedding",
                convert_to_numpy: bool = True, convert_to_tensor: bool = False, normalize_embeddings: bool = False,
-               device: str | None = None, truncate_dim: int | None = None, max_batch_tokens: int | None = None):
+               device: str | None = None, truncate_dim: int | None = None, max_batch_tokens: int | None = None,
+               precision: Precision = "float32"):
         """Texts -> embeddings, in input order.
 
         A string gives one (dim,) vector; a list gives (len, dim): a numpy array, or a tensor with
         ``convert_to_tensor=True``, or a list of tensors when both conversions are off.
         ``output_value="token_embeddings"`` gives each text's (tokens, dim) tensor instead.
         ``truncate_dim`` keeps the first numbers of each embedding (for Matryoshka-trained models), before
-        any normalization.
+        any normalization. ``precision`` other than "float32" quantizes the embeddings at the end, as
+        ``minist.quantization.quantize_embeddings`` does (int8/uint8 ranges from these embeddings themselves).
         Batches are formed by token count: texts sorted by length, each batch padded to its own longest and
         holding at most ``max_batch_tokens`` tokens that way (default 2,048 on a CPU, 16,384 on a GPU), so
         short texts go many to a batch and long ones few. ``batch_size`` also caps the texts per batch.
@@ -225,6 +227,14 @@ class SentenceTransformer(nn.Sequential):
             raise ValueError(f"output_value must be 'sentence_embedding' or 'token_embeddings', not {output_value!r}.")
         check_count("batch_size", batch_size)
         check_count("max_batch_tokens", max_batch_tokens)
+        if precision not in get_args(Precision):
+            raise ValueError(f"precision must be one of {', '.join(get_args(Precision))}, not {precision!r}.")
+        if precision != "float32" and output_value == "token_embeddings":
+            raise ValueError("precision quantizes sentence embeddings; token_embeddings come in float32 only.")
+        if precision in ("int8", "uint8") and len(texts) == 1:  # upstream returns garbage here (zero-width ranges)
+            raise ValueError(f"precision={precision!r} takes its ranges from the embeddings encoded together, so it "
+                             "needs two texts or more; for one, use minist.quantization.quantize_embeddings(..., "
+                             "ranges=...) with ranges from a larger set.")
         check_count("truncate_dim", truncate_dim, output_dimension(self), "the embedding size")
         truncate_dim = truncate_dim if truncate_dim is not None else self.truncate_dim
         if device is not None:
@@ -267,6 +277,10 @@ class SentenceTransformer(nn.Sequential):
 
         if output_value == "token_embeddings":
             results = tokens
+        elif precision != "float32":
+            quantized = quantize_embeddings(embeddings.cpu(), precision)
+            results = torch.from_numpy(quantized) if convert_to_tensor else (
+                quantized if convert_to_numpy else list(torch.from_numpy(quantized)))
         elif convert_to_tensor:
             results = embeddings
         else:

@@ -88,3 +88,30 @@ def test_transformers_model_is_the_hugging_face_model(pair, tiny_st_dir):
     assert ours.transformers_model is ours[0].auto_model
     assert type(ours.transformers_model) is type(theirs.transformers_model)
     assert SentenceTransformer(tiny_st_dir, device="cpu", backend="minist").transformers_model is None
+
+
+@pytest.mark.parametrize("precision", ["float32", "int8", "uint8", "binary", "ubinary"])
+def test_encode_precision_quantizes_as_upstream(pair, precision):
+    ours, theirs = pair
+    got, expected = ours.encode(TINY_SENTENCES, precision=precision), theirs.encode(TINY_SENTENCES, precision=precision)
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    if precision == "float32":
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    else:  # integer buckets: a float difference of 1e-7 at a bucket's edge may move one value by one
+        assert np.abs(got.astype(np.int16) - expected.astype(np.int16)).max() <= 1
+        assert (got != expected).mean() < 0.01
+    as_tensor = ours.encode(TINY_SENTENCES, precision=precision, convert_to_tensor=True)
+    assert as_tensor.dtype == theirs.encode(TINY_SENTENCES, precision=precision, convert_to_tensor=True).dtype
+
+
+def test_an_unknown_precision_is_refused_by_both(pair):
+    for model in pair:
+        with pytest.raises(ValueError, match="int4"):
+            model.encode(TINY_SENTENCES, precision="int4")
+
+
+def test_int8_precision_of_one_text_is_refused_not_garbage(pair):
+    ours, theirs = pair
+    with pytest.raises(ValueError, match="needs two texts or more"):
+        ours.encode("the cat", precision="int8")
+    assert ours.encode("the cat", precision="binary").shape == theirs.encode("the cat", precision="binary").shape

@@ -38,7 +38,16 @@ CASES = [
     ("ContrastiveLoss", {"margin": 0.8}, PAIRS, [1, 0, 1, 0, 0]),
     ("TripletLoss", {}, TRIPLES, None),
     ("TripletLoss", {"triplet_margin": 0.5}, TRIPLES, None),
+    ("TripletLoss", {"distance_metric": "COSINE", "triplet_margin": 0.5}, TRIPLES, None),
+    ("TripletLoss", {"distance_metric": "MANHATTAN"}, TRIPLES, None),
+    ("TripletLoss", {"distance_metric": "EUCLIDEAN"}, TRIPLES, None),
 ]
+
+
+def options(module, kwargs: dict) -> dict:
+    """A case's keyword arguments for one library: a distance named in it becomes that library's own."""
+    return {key: getattr(module.TripletDistanceMetric, value) if key == "distance_metric" else value
+            for key, value in kwargs.items()}
 
 
 @pytest.mark.parametrize(("name", "kwargs", "rows", "labels"), CASES)
@@ -46,8 +55,9 @@ def test_same_value_as_sentence_transformers(models, name, kwargs, rows, labels)
     ours, theirs = models
     features, label_tensor = batch(ours, rows, labels)
     with torch.no_grad():
-        got = getattr(losses, name)(ours, **kwargs)(features, label_tensor)
-        expected = getattr(st_losses, name)(theirs, **kwargs)(batch(ours, rows, labels)[0], label_tensor)
+        got = getattr(losses, name)(ours, **options(losses, kwargs))(features, label_tensor)
+        expected = getattr(st_losses, name)(theirs, **options(st_losses, kwargs))(batch(ours, rows, labels)[0],
+                                                                                 label_tensor)
     assert abs(got.item() - expected.item()) <= 1e-5
 
 
@@ -102,7 +112,7 @@ def test_losses_learn(tiny_st_dir):
     for name, kwargs, rows, labels in CASES[::2]:
         torch.manual_seed(0)
         model = SentenceTransformer(tiny_st_dir, device="cpu")
-        loss = getattr(losses, name)(model, **kwargs)
+        loss = getattr(losses, name)(model, **options(losses, kwargs))
         features, label_tensor = batch(model, rows, labels)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
         model.eval()  # no dropout: compare like with like
