@@ -35,16 +35,20 @@ def activation_from_name(name: str) -> nn.Module:
                      "no arguments.")
 
 
-class Dense(nn.Module):
-    """(batch, in_features) ``sentence_embedding`` -> (batch, out_features)."""
+TANH = nn.Tanh()  # sentence-transformers' default; stateless, so one instance serves every Dense
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: nn.Module | None = None):
+
+class Dense(nn.Module):
+    """(batch, in_features) ``sentence_embedding`` -> (batch, out_features); ``activation_function=None``: none."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 activation_function: nn.Module | None = TANH):
         super().__init__()
         self.linear = nn.Linear(in_features, out_features, bias=bias)
-        self.activation = nn.Tanh() if activation is None else activation  # Tanh is sentence-transformers' default
+        self.activation_function = nn.Identity() if activation_function is None else activation_function
 
     def forward(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
-        features["sentence_embedding"] = self.activation(self.linear(features["sentence_embedding"]))
+        features["sentence_embedding"] = self.activation_function(self.linear(features["sentence_embedding"]))
         return features
 
     def get_sentence_embedding_dimension(self) -> int:
@@ -83,7 +87,7 @@ class Dense(nn.Module):
         return dense
 
     def save(self, folder: Path) -> None:
-        cls = type(self.activation)
+        cls = type(self.activation_function)
         config = {
             "in_features": self.linear.in_features,
             "out_features": self.linear.out_features,

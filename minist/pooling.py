@@ -17,6 +17,7 @@ Left out: prompt exclusion (``include_prompt`` is kept and saved, but minist has
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -58,7 +59,8 @@ def pool(token_embeddings: Tensor, attention_mask: Tensor, mode: PoolingMode = "
         # The last 1 in each mask row; flipping finds it for right and left padding alike.
         seq_len = attention_mask.shape[1]
         last = seq_len - 1 - attention_mask.flip(dims=[1]).int().argmax(dim=1)  # (batch,)
-        return token_embeddings[rows, last]
+        real = attention_mask.any(dim=1, keepdim=True).to(token_embeddings.dtype)  # a row of padding only: zeros,
+        return token_embeddings[rows, last] * real  # as sentence-transformers gives
     if mode == "weightedmean":
         # The i-th real token (counting from 1) weighs i, also when padding comes first.
         positions = torch.arange(1, mask.shape[1] + 1, device=mask.device, dtype=mask.dtype) - first[:, None]
@@ -75,9 +77,24 @@ def pool(token_embeddings: Tensor, attention_mask: Tensor, mode: PoolingMode = "
 class Pooling(nn.Module):
     """Adds ``sentence_embedding`` (batch, len(modes) * dim) to the features dict."""
 
-    def __init__(self, embedding_dimension: int, mode: str | list[str] = "mean", include_prompt: bool = True):
+    def __init__(self, embedding_dimension: int | None = None, pooling_mode: str | Sequence[str] | None = None,
+                 include_prompt: bool = True, word_embedding_dimension: int | None = None, **mode_flags: bool):
+        """``Pooling(384)``, ``Pooling(384, "cls")`` or ``Pooling(384, ["cls", "mean"])`` (sentence-transformers 6);
+        sentence-transformers 5's ``word_embedding_dimension=`` and booleans (``pooling_mode_cls_token=True``,
+        ..., with ``pooling_mode_mean_tokens`` True unless set False, as there) work too."""
         super().__init__()
-        self.modes = [mode] if isinstance(mode, str) else list(mode)
+        if unknown := set(mode_flags) - set(_LEGACY_KEYS.values()):
+            raise TypeError(f"Pooling() got unexpected keyword arguments {sorted(unknown)}.")
+        if (embedding_dimension is None) == (word_embedding_dimension is None):
+            raise TypeError("Pooling() takes the token embeddings' size once: embedding_dimension (or, as in "
+                            "sentence-transformers 5, word_embedding_dimension).")
+        if pooling_mode is None:
+            flags = {key: mode_flags.get(key, key == "pooling_mode_mean_tokens") for key in _LEGACY_KEYS.values()}
+            pooling_mode = [mode for mode, key in _LEGACY_KEYS.items() if flags[key]]
+        elif mode_flags:
+            raise ValueError("Give pooling_mode or the pooling_mode_* booleans, not both.")
+        embedding_dimension = embedding_dimension if embedding_dimension is not None else word_embedding_dimension
+        self.modes = [pooling_mode] if isinstance(pooling_mode, str) else list(pooling_mode)
         unknown = [m for m in self.modes if m not in MODES]
         if unknown or not self.modes:
             what = f"Unknown pooling mode {unknown}" if unknown else "No pooling mode"
@@ -91,8 +108,15 @@ class Pooling(nn.Module):
         features["sentence_embedding"] = torch.cat(pooled, dim=1)
         return features
 
+    @property
+    def pooling_mode(self) -> str | tuple[str, ...]:
+        """As sentence-transformers 6 gives it: the mode, or a tuple of them when several are concatenated."""
+        return self.modes[0] if len(self.modes) == 1 else tuple(self.modes)
+
     def get_sentence_embedding_dimension(self) -> int:
         return len(self.modes) * self.embedding_dimension
+
+    get_embedding_dimension = get_sentence_embedding_dimension  # sentence-transformers 6's name
 
     def extra_repr(self) -> str:
         return f"embedding_dimension={self.embedding_dimension}, modes={self.modes}"

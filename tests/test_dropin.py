@@ -115,3 +115,37 @@ def test_int8_precision_of_one_text_is_refused_not_garbage(pair):
     with pytest.raises(ValueError, match="needs two texts or more"):
         ours.encode("the cat", precision="int8")
     assert ours.encode("the cat", precision="binary").shape == theirs.encode("the cat", precision="binary").shape
+
+
+def test_pooling_and_dense_take_upstreams_argument_names():
+    from sentence_transformers.base.modules import Dense as STDense
+    from sentence_transformers.sentence_transformer.modules import Pooling as STPooling
+
+    from minist.dense import Dense
+    from minist.pooling import Pooling
+
+    torch.manual_seed(0)
+    features = {"token_embeddings": torch.randn(3, 5, 4), "attention_mask": torch.tensor(
+        [[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [0, 0, 0, 0, 0]])}  # the last row all padding
+    # Not max here: of a padding-only row it gives -1e9, sentence-transformers -inf (both meaningless).
+    for mode in ["lasttoken", "cls", ("cls", "mean"), ["weightedmean", "mean_sqrt_len_tokens"]]:
+        ours, theirs = Pooling(4, pooling_mode=mode), STPooling(4, pooling_mode=mode)
+        assert ours.pooling_mode == theirs.pooling_mode
+        assert ours.get_embedding_dimension() == theirs.get_embedding_dimension()
+        torch.testing.assert_close(ours(dict(features))["sentence_embedding"],
+                                   theirs(dict(features))["sentence_embedding"])
+    # sentence-transformers 5's names: mean stays on unless switched off, as its constructor did
+    assert Pooling(word_embedding_dimension=4, pooling_mode_cls_token=True).pooling_mode == ("cls", "mean")
+    assert Pooling(4, pooling_mode_cls_token=True, pooling_mode_mean_tokens=False).pooling_mode == "cls"
+    with pytest.raises(TypeError, match="pooling_mode_median"):
+        Pooling(4, pooling_mode_median=True)
+    with pytest.raises(TypeError, match="once"):
+        Pooling(4, word_embedding_dimension=4)
+
+    x = {"sentence_embedding": torch.randn(3, 4)}
+    for activation in (None, torch.nn.ReLU()):
+        ours, theirs = Dense(4, 2, bias=False, activation_function=activation), STDense(4, 2, bias=False,
+                                                                                       activation_function=activation)
+        ours.linear.load_state_dict(theirs.linear.state_dict())
+        torch.testing.assert_close(ours(dict(x))["sentence_embedding"], theirs(dict(x))["sentence_embedding"])
+    assert isinstance(Dense(4, 2).activation_function, torch.nn.Tanh)
