@@ -9,11 +9,15 @@ Left out: cached (GradCache) variants, multi-GPU gathering, and the less common 
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from minist.similarity import cos_sim, pairwise_cos_sim, pairwise_euclidean_sim, pairwise_manhattan_sim
+
+logger = logging.getLogger("minist")
 
 
 def cosine_similarity_loss(a: Tensor, b: Tensor, labels: Tensor) -> Tensor:
@@ -169,24 +173,56 @@ class MatryoshkaLoss(Loss):
     https://arxiv.org/abs/2205.13147.
 
     It takes the examples its loss takes; ``fit`` checks the wrapped loss's labels and batch size too.
+    A minist loss gets the embeddings cut; any other loss module (one that calls the model itself) gets the
+    model's outputs cut, the model still running once per batch (as upstream's ``ForwardDecorator``).
     """
 
-    def __init__(self, model: nn.Module, loss: Loss, matryoshka_dims: list[int],
+    def __init__(self, model: nn.Module, loss: nn.Module, matryoshka_dims: list[int],
                  matryoshka_weights: list[float] | None = None):
         super().__init__(model)
-        if not isinstance(loss, Loss):
-            raise TypeError(f"MatryoshkaLoss wraps a minist loss, e.g. losses.CoSENTLoss(model), "
+        if not isinstance(loss, nn.Module):
+            raise TypeError(f"MatryoshkaLoss wraps a loss module, e.g. losses.CoSENTLoss(model), "
                             f"not {type(loss).__module__}.{type(loss).__name__}.")
-        dimension = model.get_sentence_embedding_dimension()
+        dimension = model.get_embedding_dimension()
         if not matryoshka_dims or any(not 0 < d <= dimension for d in matryoshka_dims):
             raise ValueError(f"matryoshka_dims must be sizes between 1 and {dimension}, not {matryoshka_dims}.")
-        weights = matryoshka_weights or [1.0] * len(matryoshka_dims)
+        weights = matryoshka_weights or [1] * len(matryoshka_dims)
         if len(weights) != len(matryoshka_dims):
             raise ValueError("matryoshka_weights needs one weight per dimension in matryoshka_dims.")
-        self.loss, self.dims_and_weights = loss, sorted(zip(matryoshka_dims, weights, strict=True), reverse=True)
-        self.columns, self.needs_labels = loss.columns, loss.needs_labels
+        if dimension not in matryoshka_dims:
+            logger.warning("The model's embedding dimension %d is not in matryoshka_dims %s: the full embedding is "
+                           "not trained to work on its own.", dimension, list(matryoshka_dims))
+        pairs = sorted(zip(matryoshka_dims, weights, strict=True), key=lambda pair: pair[0], reverse=True)
+        self.matryoshka_dims, self.matryoshka_weights = map(tuple, zip(*pairs, strict=True))  # largest first
+        self.loss = loss
+        self.columns, self.needs_labels = getattr(loss, "columns", Loss.columns), getattr(loss, "needs_labels", True)
+
+    def forward(self, features: list[dict[str, Tensor]], labels: Tensor) -> Tensor:
+        if isinstance(self.loss, Loss):
+            return super().forward(features, labels)
+        outputs, original = [], self.model.forward  # the model's outputs of the first (largest) dimension
+        own_forward = "forward" in vars(self.model)  # an instance's own forward, to put back as it was
+        total = 0.0
+        try:
+            for i, (dim, weight) in enumerate(zip(self.matryoshka_dims, self.matryoshka_weights, strict=True)):
+                cached = iter(outputs)
+
+                def cut(feature_batch, dim=dim, first=i == 0, cached=cached):
+                    output = original(feature_batch) if first else next(cached)
+                    if first:
+                        outputs.append(output)
+                    return dict(output, sentence_embedding=F.normalize(output["sentence_embedding"][..., :dim], dim=-1))
+
+                self.model.forward = cut
+                total = total + weight * self.loss(features, labels)
+        finally:
+            if own_forward:
+                self.model.forward = original
+            else:
+                del self.model.forward  # the class's forward shows again
+        return total
 
     def compute_loss_from_embeddings(self, embeddings, labels):
         return sum(weight * self.loss.compute_loss_from_embeddings(
             [F.normalize(e[:, :dim], p=2, dim=-1) for e in embeddings], labels)  # the model runs once
-            for dim, weight in self.dims_and_weights)
+            for dim, weight in zip(self.matryoshka_dims, self.matryoshka_weights, strict=True))

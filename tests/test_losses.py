@@ -132,5 +132,38 @@ def test_matryoshka_refuses_impossible_dimensions(tiny_st_dir):
         losses.MatryoshkaLoss(model, losses.CoSENTLoss(model), [16, 4])
     with pytest.raises(ValueError, match="one weight per dimension"):
         losses.MatryoshkaLoss(model, losses.CoSENTLoss(model), [8, 4], [1.0])
-    with pytest.raises(TypeError, match=r"wraps a minist loss, e\.g\. losses\.CoSENTLoss\(model\), not torch"):
-        losses.MatryoshkaLoss(model, torch.nn.MSELoss(), [8, 4])
+    with pytest.raises(TypeError, match=r"wraps a loss module, e\.g\. losses\.CoSENTLoss\(model\), not builtins"):
+        losses.MatryoshkaLoss(model, len, [8, 4])
+
+
+class ForeignCosineLoss(torch.nn.Module):
+    """A loss from outside minist: it calls the model itself, as sentence-transformers' losses do."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, features, labels):
+        a, b = (self.model(dict(column))["sentence_embedding"] for column in features)
+        return torch.nn.functional.mse_loss(torch.nn.functional.cosine_similarity(a, b), labels.float())
+
+
+def test_matryoshka_wraps_any_loss_module_sorts_and_warns_as_upstream(models, caplog):
+    ours, theirs = models
+    full = ours.get_embedding_dimension()
+    features, labels = batch(ours, PAIRS, LABELS)
+    with torch.no_grad():
+        expected = st_losses.MatryoshkaLoss(theirs, st_losses.CosineSimilarityLoss(theirs), [4, full], [0.5, 1.0])
+        wrapped = losses.MatryoshkaLoss(ours, ForeignCosineLoss(ours), [4, full], [0.5, 1.0])
+        value = expected(batch(ours, PAIRS, LABELS)[0], labels).item()
+        assert abs(wrapped(features, labels).item() - value) <= 1e-5
+        assert abs(losses.MatryoshkaLoss(ours, losses.CosineSimilarityLoss(ours), [4, full], [0.5, 1.0])(
+            features, labels).item() - value) <= 1e-5
+    assert "forward" not in vars(ours)  # the model's own forward is back
+    upstream = (expected.matryoshka_dims, expected.matryoshka_weights)
+    assert (wrapped.matryoshka_dims, wrapped.matryoshka_weights) == upstream == ((full, 4), (1.0, 0.5))
+    with caplog.at_level("WARNING"):
+        losses.MatryoshkaLoss(ours, losses.CoSENTLoss(ours), [4, 2])
+        st_losses.MatryoshkaLoss(theirs, st_losses.CoSENTLoss(theirs), [4, 2])
+    assert [r.name.split(".")[0] for r in caplog.records] == ["minist", "sentence_transformers"]
+    assert all(f"embedding dimension {full} is not" in r.getMessage() for r in caplog.records)
