@@ -10,6 +10,7 @@ Left out: cached (GradCache) variants, multi-GPU gathering, and the less common 
 from __future__ import annotations
 
 import logging
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -141,15 +142,20 @@ class MultipleNegativesRankingLoss(Loss):
 
 class ContrastiveLoss(Loss):
     """Inputs: (text, text) pairs, label 1 (similar) or 0 (dissimilar) / formula: ``contrastive_loss``
-    / reference: Hadsell, Chopra & LeCun 2006, https://doi.org/10.1109/CVPR.2006.100."""
+    / reference: Hadsell, Chopra & LeCun 2006, https://doi.org/10.1109/CVPR.2006.100.
 
-    label_values = (0, 1)
+    Other labels are taken as weights (y and 1 - y), with one warning, as sentence-transformers does.
+    """
 
     def __init__(self, model: nn.Module, margin: float = 0.5):
         super().__init__(model)
-        self.margin = margin
+        self.margin, self.warned = margin, False
 
     def compute_loss_from_embeddings(self, embeddings, labels):
+        if not self.warned and ((labels != 0) & (labels != 1)).any():
+            self.warned = True
+            warnings.warn("ContrastiveLoss expects binary labels (0 or 1); another label y weighs the similar term "
+                          "by y and the dissimilar term by 1 - y.", UserWarning, stacklevel=2)
         return contrastive_loss(*embeddings, labels, self.margin)
 
 

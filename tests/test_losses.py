@@ -76,7 +76,6 @@ def test_losses_declare_what_they_accept(tiny_st_dir):
     """What fit checks before training. A batch of one pair gives MNRL no in-batch negative and CoSENT no other
     pair to rank: the loss is exactly 0, here and in sentence-transformers, hence ``min_batch_size = 2``."""
     assert losses.CosineSimilarityLoss.label_range == (-1, 1)  # a target cosine
-    assert losses.ContrastiveLoss.label_values == (0, 1)
     assert losses.CoSENTLoss.label_range is None and losses.CoSENTLoss.label_values is None  # any order of scores
     assert not losses.MultipleNegativesRankingLoss.needs_labels and not losses.TripletLoss.needs_labels
     assert losses.MultipleNegativesRankingLoss.min_batch_size == losses.CoSENTLoss.min_batch_size == 2
@@ -167,3 +166,17 @@ def test_matryoshka_wraps_any_loss_module_sorts_and_warns_as_upstream(models, ca
         st_losses.MatryoshkaLoss(theirs, st_losses.CoSENTLoss(theirs), [4, 2])
     assert [r.name.split(".")[0] for r in caplog.records] == ["minist", "sentence_transformers"]
     assert all(f"embedding dimension {full} is not" in r.getMessage() for r in caplog.records)
+
+
+def test_contrastive_loss_takes_soft_labels_with_one_warning_as_upstream(models):
+    ours, theirs = models
+    labels = [1, 0.5, 0, 0.2, 1]
+    features, label_tensor = batch(ours, PAIRS, labels)
+    ours_loss, theirs_loss = losses.ContrastiveLoss(ours), st_losses.ContrastiveLoss(theirs)
+    with torch.no_grad(), pytest.warns(UserWarning, match="binary labels") as caught:
+        got = ours_loss(features, label_tensor)
+        ours_loss(features, label_tensor)  # warned once only
+        expected = theirs_loss(batch(ours, PAIRS, labels)[0], label_tensor)
+    assert [str(w.message).split(";")[0].split(".")[0] for w in caught].count(
+        "ContrastiveLoss expects binary labels (0 or 1)") == 2  # one each: ours, then upstream's
+    assert abs(got.item() - expected.item()) <= 1e-5

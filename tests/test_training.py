@@ -104,8 +104,6 @@ def pairs(label, n=2):
      TypeError, r"example 0 has the label '0\.8' \(str\); CoSENTLoss needs a number"),
     (lambda m, o: (DataLoader(PAIRS[:1] + pairs(4.2), batch_size=2), losses.CosineSimilarityLoss(m)),
      ValueError, "example 1 has the label 4.2; CosineSimilarityLoss takes labels from -1.0 to 1.0: scale it to 0-1"),
-    (lambda m, o: (DataLoader(pairs(0.5), batch_size=2), losses.ContrastiveLoss(m)),
-     ValueError, "example 0 has the label 0.5; ContrastiveLoss takes only 0 or 1"),
     # a batch of one: no in-batch negatives (MNRL), nothing to rank (CoSENT); the loss is constantly 0
     (lambda m, o: (DataLoader(pairs(None)), losses.MultipleNegativesRankingLoss(m)),
      ValueError, "MultipleNegativesRankingLoss needs a batch_size of at least 2, not 1.*constantly 0"),
