@@ -149,3 +149,35 @@ def test_pooling_and_dense_take_upstreams_argument_names():
         ours.linear.load_state_dict(theirs.linear.state_dict())
         torch.testing.assert_close(ours(dict(x))["sentence_embedding"], theirs(dict(x))["sentence_embedding"])
     assert isinstance(Dense(4, 2).activation_function, torch.nn.Tanh)
+
+
+def test_no_duplicates_dataloader_gives_upstreams_batches_and_trains(tiny_st_dir):
+    import random
+
+    from sentence_transformers.sentence_transformer.datasets import NoDuplicatesDataLoader as STNoDuplicates
+
+    from minist import InputExample, losses
+    from minist.datasets import NoDuplicatesDataLoader
+
+    texts = ["the cat", "a dog", "The cat ", "a bird", "the mat", "A DOG", "fast", "slow", "the dog", "sings"]
+    examples = [InputExample(texts=[a, b]) for a, b in zip(texts, texts[3:] + texts[:3], strict=True)]
+    def three_epochs(loader):  # the reshuffles at the end of the data must agree too
+        return [[[example.texts for example in batch] for batch in loader] for _ in range(3)]
+
+    random.seed(0)
+    ours = NoDuplicatesDataLoader(list(examples), batch_size=3)
+    ours.collate_fn = list
+    got = three_epochs(ours)
+    random.seed(0)  # the same draws from Python's random, each library in turn
+    assert got == three_epochs(STNoDuplicates(list(examples), batch_size=3))
+    assert [len(epoch) for epoch in got] == [3, 3, 3]
+    for batch in (batch for epoch in got for batch in epoch):
+        keys = [text.strip().lower() for pair in batch for text in pair]
+        assert len(keys) == len(set(keys))
+    model = SentenceTransformer(tiny_st_dir, device="cpu")
+    loader = NoDuplicatesDataLoader(examples, batch_size=3)
+    model.fit([(loader, losses.MultipleNegativesRankingLoss(model))], epochs=1, show_progress_bar=False)
+    assert len(model.training_history) == 3
+    stuck = NoDuplicatesDataLoader([InputExample(texts=["same", t]) for t in texts], batch_size=2)
+    with pytest.raises(ValueError, match="no 2 examples that share no text"):
+        next(iter(stuck))

@@ -1,0 +1,9 @@
+"""``minist.datasets``: what sentence-transformers keeps in ``sentence_transformers.datasets``.
+
+Only re-exports, so that ``from sentence_transformers.datasets import NoDuplicatesDataLoader`` runs with
+``minist`` in its place; the loader lives with the training loop it feeds (``minist.training``).
+"""
+
+from minist.training import NoDuplicatesDataLoader
+
+__all__ = ["NoDuplicatesDataLoader"]
