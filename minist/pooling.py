@@ -80,17 +80,16 @@ class Pooling(nn.Module):
     def __init__(self, embedding_dimension: int | None = None, pooling_mode: str | Sequence[str] | None = None,
                  include_prompt: bool = True, word_embedding_dimension: int | None = None, **mode_flags: bool):
         """``Pooling(384)``, ``Pooling(384, "cls")`` or ``Pooling(384, ["cls", "mean"])`` (sentence-transformers 6);
-        sentence-transformers 5's ``word_embedding_dimension=`` and booleans (``pooling_mode_cls_token=True``,
-        ..., with ``pooling_mode_mean_tokens`` True unless set False, as there) work too."""
+        the older ``word_embedding_dimension=`` and booleans (``pooling_mode_cls_token=True``, ...) work too,
+        read as sentence-transformers 6 reads them."""
         super().__init__()
         if unknown := set(mode_flags) - set(_LEGACY_KEYS.values()):
             raise TypeError(f"Pooling() got unexpected keyword arguments {sorted(unknown)}.")
         if (embedding_dimension is None) == (word_embedding_dimension is None):
             raise TypeError("Pooling() takes the token embeddings' size once: embedding_dimension (or, as in "
                             "sentence-transformers 5, word_embedding_dimension).")
-        if pooling_mode is None:
-            flags = {key: mode_flags.get(key, key == "pooling_mode_mean_tokens") for key in _LEGACY_KEYS.values()}
-            pooling_mode = [mode for mode, key in _LEGACY_KEYS.items() if flags[key]]
+        if pooling_mode is None:  # the modes whose boolean is True, in the booleans' order; none: mean
+            pooling_mode = [mode for mode, key in _LEGACY_KEYS.items() if mode_flags.get(key)] or "mean"
         elif mode_flags:
             raise ValueError("Give pooling_mode or the pooling_mode_* booleans, not both.")
         embedding_dimension = embedding_dimension if embedding_dimension is not None else word_embedding_dimension
@@ -104,7 +103,8 @@ class Pooling(nn.Module):
 
     def forward(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
         tokens, mask = features["token_embeddings"], features["attention_mask"]
-        pooled = [pool(tokens, mask, mode) for mode in self.modes]
+        pooled = [features["cls_token_embeddings"] if mode == "cls" and "cls_token_embeddings" in features
+                  else pool(tokens, mask, mode) for mode in self.modes]  # a model may give its own CLS vector
         features["sentence_embedding"] = torch.cat(pooled, dim=1)
         return features
 

@@ -134,9 +134,18 @@ def test_pooling_and_dense_take_upstreams_argument_names():
         assert ours.get_embedding_dimension() == theirs.get_embedding_dimension()
         torch.testing.assert_close(ours(dict(features))["sentence_embedding"],
                                    theirs(dict(features))["sentence_embedding"])
-    # sentence-transformers 5's names: mean stays on unless switched off, as its constructor did
-    assert Pooling(word_embedding_dimension=4, pooling_mode_cls_token=True).pooling_mode == ("cls", "mean")
-    assert Pooling(4, pooling_mode_cls_token=True, pooling_mode_mean_tokens=False).pooling_mode == "cls"
+    given = dict(features, cls_token_embeddings=torch.randn(3, 4))  # a model's own CLS vector wins, as upstream
+    torch.testing.assert_close(Pooling(4, "cls")(dict(given))["sentence_embedding"], given["cls_token_embeddings"])
+    torch.testing.assert_close(Pooling(4, ("cls", "mean"))(dict(given))["sentence_embedding"],
+                               STPooling(4, ("cls", "mean"))(dict(given))["sentence_embedding"])
+    # the older names, read as sentence-transformers 6 reads them (it warns that they are deprecated)
+    for flags in ({"pooling_mode_cls_token": True}, {"pooling_mode_max_tokens": True, "pooling_mode_cls_token": True},
+                  {"pooling_mode_mean_tokens": False}, {"pooling_mode_lasttoken": True}):
+        with pytest.warns(FutureWarning):
+            expected = STPooling(word_embedding_dimension=4, **flags)
+        ours = Pooling(word_embedding_dimension=4, **flags)
+        assert ours.pooling_mode == expected.pooling_mode
+        assert ours.get_embedding_dimension() == expected.get_embedding_dimension()
     with pytest.raises(TypeError, match="pooling_mode_median"):
         Pooling(4, pooling_mode_median=True)
     with pytest.raises(TypeError, match="once"):
