@@ -190,3 +190,18 @@ def test_no_duplicates_dataloader_gives_upstreams_batches_and_trains(tiny_st_dir
     stuck = NoDuplicatesDataLoader([InputExample(texts=["same", t]) for t in texts], batch_size=2)
     with pytest.raises(ValueError, match="no 2 examples that share no text"):
         next(iter(stuck))
+
+
+def test_a_model_with_pytorch_model_bin_weights_loads_as_upstream(tmp_path, tiny_st_dir):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "bin_model"
+    shutil.copytree(tiny_st_dir, folder)
+    torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")  # the pre-2023 format
+    (folder / "model.safetensors").unlink()
+    expected = STModel(str(folder), device="cpu").encode(TINY_SENTENCES)
+    np.testing.assert_allclose(SentenceTransformer(folder, device="cpu").encode(TINY_SENTENCES), expected, atol=1e-6)
+    np.testing.assert_allclose(SentenceTransformer(tiny_st_dir, device="cpu").encode(TINY_SENTENCES), expected,
+                               atol=1e-6)  # and the same numbers as the safetensors original
