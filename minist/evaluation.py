@@ -21,9 +21,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy.stats import pearsonr, spearmanr
+from torch import Tensor
 
-from minist.search import semantic_search
 from minist.similarity import PAIRWISE_FUNCTIONS
 
 
@@ -207,6 +208,25 @@ class InformationRetrievalEvaluator(Evaluator):
         self.main_score_function, self.truncate_dim = main_score_function, truncate_dim
         self.csv_file = f"Information-Retrieval_evaluation{'_' + name if name else ''}_results.csv"
 
+    def _rank(self, queries: Tensor, corpus: Tensor, function, depth: int) -> list[list[int]]:
+        """Each query's ``depth`` best corpus rows by (-score, corpus id), as sentence-transformers ranks them:
+        ties, at the cut too, go to the smaller id, whatever ``corpus_chunk_size`` (torch's topk alone would
+        pick among tied rows arbitrarily)."""
+        id_rank = torch.empty(len(self.corpus_ids), dtype=torch.long)
+        id_rank[sorted(range(len(self.corpus_ids)), key=self.corpus_ids.__getitem__)] = torch.arange(len(id_rank))
+        n, depth, ranked = len(id_rank), min(depth, len(id_rank)), []
+        rows_per_block = max(1, self.corpus_chunk_size * 64 // n)  # a block's scores: about as many as before
+        for start in range(0, len(queries), rows_per_block):
+            scores = function(queries[start:start + rows_per_block], corpus).cpu()  # (block, n)
+            cut = scores.topk(depth, dim=1).values[:, -1:]  # each query's depth-th best score
+            # Integer keys: every score above the cut first, then the tied ones, each group by corpus id.
+            keys = torch.where(scores > cut, id_rank, torch.where(scores == cut, id_rank + n, 2 * n))
+            chosen = keys.topk(depth, dim=1, largest=False).indices  # (block, depth)
+            for picked, values in zip(chosen.tolist(), scores.gather(1, chosen).tolist(), strict=True):
+                order = sorted(range(depth), key=lambda j: (-values[j], self.corpus_ids[picked[j]]))
+                ranked.append([picked[j] for j in order])
+        return ranked
+
     def __call__(self, model, output_path=None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
         functions = self.score_functions or {model.similarity_fn_name: model.similarity}  # as sentence-transformers
         if self.main_score_function is not None and self.main_score_function not in functions:
@@ -218,12 +238,7 @@ class InformationRetrievalEvaluator(Evaluator):
         depth = max(max(ks) for ks in self.ks.values())
         metrics = {}
         for fn_name, function in sorted(functions.items()):
-            hits = semantic_search(queries, corpus, corpus_chunk_size=self.corpus_chunk_size, top_k=depth,
-                                   score_function=function)
-            # Equal scores rank by corpus position, as in sentence-transformers.
-            ranked = [[self.corpus_ids[h["corpus_id"]] for h in sorted(row, key=lambda h: (-h["score"],
-                                                                                           h["corpus_id"]))]
-                      for row in hits]
+            ranked = [[self.corpus_ids[i] for i in row] for row in self._rank(queries, corpus, function, depth)]
             scores = retrieval_metrics(ranked, [set(self.relevant_docs[q]) for q in self.query_ids], **self.ks)
             metrics |= {f"{fn_name}_{key}": value for key, value in scores.items()}
         ndcg = f"ndcg@{max(self.ks['ndcg_at_k'])}"

@@ -205,3 +205,26 @@ def test_a_model_with_pytorch_model_bin_weights_loads_as_upstream(tmp_path, tiny
     np.testing.assert_allclose(SentenceTransformer(folder, device="cpu").encode(TINY_SENTENCES), expected, atol=1e-6)
     np.testing.assert_allclose(SentenceTransformer(tiny_st_dir, device="cpu").encode(TINY_SENTENCES), expected,
                                atol=1e-6)  # and the same numbers as the safetensors original
+
+
+@pytest.mark.parametrize("relevant", ["d00", "d07", "d19"])
+def test_information_retrieval_ranks_ties_by_corpus_id_as_upstream(pair, relevant):
+    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator as STIR
+
+    from minist.evaluation import InformationRetrievalEvaluator
+
+    ours, theirs = pair
+    corpus = {f"d{i:02d}": "the cat sat on the mat" for i in reversed(range(20))}  # 20 identical documents
+    corpus |= {"e1": "a bird sings", "e2": "The dogs run fast!"}
+    queries = {"q1": "the cat sat on the mat", "q2": "a bird sings"}  # each equal to documents: cosine 1
+    relevant_docs = {"q1": {relevant}, "q2": {"e1"}}
+    expected = STIR(queries, corpus, relevant_docs, write_csv=False)(theirs)
+    for chunk in (3, 7, 50000):  # the corpus chunk size must not change a metric
+        got = InformationRetrievalEvaluator(queries, corpus, relevant_docs, corpus_chunk_size=chunk,
+                                            write_csv=False)(ours)
+        assert set(got) == set(expected)
+        for key, value in expected.items():
+            assert got[key] == pytest.approx(value, abs=1e-6), (chunk, key)
+    # By hand: q2 finds e1 first; q1's 20 tied documents rank by id, so only d00 is found first.
+    assert got["cosine_accuracy@1"] == expected["cosine_accuracy@1"] == (1.0 if relevant == "d00" else 0.5)
+    assert got["cosine_accuracy@10"] == (0.5 if relevant == "d19" else 1.0)  # d19 is 20th of the ties
