@@ -11,6 +11,8 @@ import time
 import numpy as np
 import pytest
 import torch
+import tqdm.auto
+import tqdm.std
 from conftest import TINY_SENTENCES, build_st_model
 from torch.utils.data import DataLoader
 
@@ -196,6 +198,8 @@ def in_child(action) -> int:
         code = 1
         try:
             torch.set_num_threads(1)
+            for bar in (tqdm.std.tqdm, tqdm.auto.tqdm):  # a lock of its own: tqdm's default one is shared across
+                bar.set_lock(threading.RLock())  # fork, and a child killed while holding it hung the parent
             action()
             code = 0
         finally:
