@@ -166,7 +166,8 @@ class SentenceTransformer(nn.Sequential):
 
     def get_embedding_dimension(self) -> int:
         """The size of what ``encode`` returns: the last step that changes it decides, then ``truncate_dim``."""
-        return min(output_dimension(self), self.truncate_dim or output_dimension(self))
+        full = output_dimension(self)
+        return min(full, self.truncate_dim or full)
 
     get_sentence_embedding_dimension = get_embedding_dimension  # the name before sentence-transformers 6
 
