@@ -1,7 +1,8 @@
 """Cache a corpus's embeddings on disk: encode once, load back memory-mapped, grow without re-encoding.
 
 ``EmbeddingCache(folder, model)`` opens the cache in ``folder`` (or starts one); ``add(texts)`` encodes
-only the texts it has not seen yet and appends them. The folder holds:
+only the texts it has not seen yet and appends them (``encode_document``: with the model's document prompt,
+if it has one; ``search`` encodes queries with ``encode_query``). The folder holds:
 
 - ``embeddings.f32``: float32 rows, back to back (read with ``numpy.memmap``, so a large corpus is
   paged in from disk as it is used rather than read whole);
@@ -142,7 +143,7 @@ class EmbeddingCache:
             new = [t for t in dict.fromkeys(texts) if t not in self._row_of]
             if not new:
                 return 0
-            vectors = self.model.encode(new, batch_size=self.batch_size, normalize_embeddings=self.meta[
+            vectors = self.model.encode_document(new, batch_size=self.batch_size, normalize_embeddings=self.meta[
                 "normalize_embeddings"], show_progress_bar=False).astype(np.float32)
             lines = "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in new).encode("utf-8")
             self._append("embeddings.f32", len(self) * self.meta["dimension"] * 4, vectors.tobytes())
@@ -158,8 +159,8 @@ class EmbeddingCache:
         single = isinstance(queries, str)
         self._check_model()
         self._refresh()
-        query_embeddings = self.model.encode([queries] if single else queries, convert_to_tensor=True,
-                                             normalize_embeddings=self.meta["normalize_embeddings"]).cpu()
+        query_embeddings = self.model.encode_query([queries] if single else queries, convert_to_tensor=True,
+                                                   normalize_embeddings=self.meta["normalize_embeddings"]).cpu()
         hits = semantic_search(query_embeddings, torch.from_numpy(self.embeddings), top_k=top_k)
         hits = [[{**hit, "text": self.texts[hit["corpus_id"]]} for hit in row] for row in hits]
         return hits[0] if single else hits

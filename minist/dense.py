@@ -86,7 +86,9 @@ class Dense(nn.Module):
         dense.load_state_dict(state)
         return dense
 
-    def save(self, folder: Path) -> None:
+    def save(self, folder: Path, safe_serialization: bool = True) -> None:
+        """``config.json`` and the weights: ``model.safetensors``, or ``pytorch_model.bin`` (torch's pickle
+        format, as sentence-transformers writes it) with ``safe_serialization=False``."""
         cls = type(self.activation_function)
         config = {
             "in_features": self.linear.in_features,
@@ -95,4 +97,7 @@ class Dense(nn.Module):
             "activation_function": f"{cls.__module__}.{cls.__name__}",
         }
         (Path(folder) / "config.json").write_text(json.dumps(config, indent=2))
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, Path(folder) / "model.safetensors")
+        if safe_serialization:
+            save_file({k: v.contiguous() for k, v in self.state_dict().items()}, Path(folder) / "model.safetensors")
+        else:
+            torch.save(self.state_dict(), Path(folder) / "pytorch_model.bin")

@@ -187,6 +187,8 @@ class InformationRetrievalEvaluator(Evaluator):
 
     Queries without relevant documents are skipped; one whose relevant documents are not in the corpus counts,
     and scores 0 (as in sentence-transformers). Data with no query to score is refused.
+    Queries are encoded with ``encode_query`` and the corpus with ``encode_document``, so a model's prompts apply;
+    ``query_prompt``/``corpus_prompt`` (or their ``_name`` forms) choose others.
     """
 
     def __init__(self, queries: dict[str, str], corpus: dict[str, str], relevant_docs: dict[str, set[str]],
@@ -194,7 +196,9 @@ class InformationRetrievalEvaluator(Evaluator):
                  accuracy_at_k: list[int] = (1, 3, 5, 10), precision_recall_at_k: list[int] = (1, 3, 5, 10),
                  map_at_k: list[int] = (100,), show_progress_bar: bool = False, batch_size: int = 32, name: str = "",
                  write_csv: bool = True, truncate_dim: int | None = None, score_functions: dict | None = None,
-                 main_score_function: str | None = None):
+                 main_score_function: str | None = None, query_prompt: str | None = None,
+                 query_prompt_name: str | None = None, corpus_prompt: str | None = None,
+                 corpus_prompt_name: str | None = None):
         self.ks = dict(accuracy_at_k=accuracy_at_k, precision_recall_at_k=precision_recall_at_k, mrr_at_k=mrr_at_k,
                        ndcg_at_k=ndcg_at_k, map_at_k=map_at_k)
         check_retrieval_data(queries, corpus, relevant_docs, self.ks)
@@ -206,6 +210,8 @@ class InformationRetrievalEvaluator(Evaluator):
         self.show_progress_bar = show_progress_bar
         self.name, self.write_csv, self.score_functions = name, write_csv, score_functions
         self.main_score_function, self.truncate_dim = main_score_function, truncate_dim
+        self.prompts = {"query": dict(prompt=query_prompt, prompt_name=query_prompt_name),
+                        "corpus": dict(prompt=corpus_prompt, prompt_name=corpus_prompt_name)}
         self.csv_file = f"Information-Retrieval_evaluation{'_' + name if name else ''}_results.csv"
 
     def _rank(self, queries: Tensor, corpus: Tensor, function, depth: int) -> list[list[int]]:
@@ -234,7 +240,8 @@ class InformationRetrievalEvaluator(Evaluator):
                              f"{sorted(functions)}.")
         encode = dict(batch_size=self.batch_size, show_progress_bar=self.show_progress_bar, convert_to_tensor=True,
                       truncate_dim=self.truncate_dim)
-        queries, corpus = model.encode(self.queries, **encode), model.encode(self.corpus, **encode)
+        queries = model.encode_query(self.queries, **encode, **self.prompts["query"])  # the model's query prompt,
+        corpus = model.encode_document(self.corpus, **encode, **self.prompts["corpus"])  # unless given others
         depth = max(max(ks) for ks in self.ks.values())
         metrics = {}
         for fn_name, function in sorted(functions.items()):

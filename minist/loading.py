@@ -90,11 +90,17 @@ def check_sizes_fit(steps: list[nn.Module], config_file: Path) -> None:
                          f"give {given}.")
 
 
-def read_similarity_fn_name(path: Path) -> str | None:
-    """The similarity function that ``config_sentence_transformers.json`` names, if the file and the key are there."""
+def read_model_config(path: Path) -> dict:
+    """What ``config_sentence_transformers.json`` sets for ``encode`` and ``similarity``, each key checked:
+    ``similarity_fn_name``, ``prompts`` (name -> text) and ``default_prompt_name``; {} when there is no file."""
     if not path.is_file():
-        return None
-    name = json_field(read_json(path), "similarity_fn_name", (str, type(None)), path, None)
+        return {}
+    config = read_json(path)
+    name = json_field(config, "similarity_fn_name", (str, type(None)), path, None)
     if name is not None and name not in SIMILARITY_FUNCTIONS:
         raise ValueError(f"{path}: unknown similarity_fn_name {name!r}; minist has {', '.join(SIMILARITY_FUNCTIONS)}.")
-    return name
+    prompts = json_field(config, "prompts", dict, path, {})
+    if not all(isinstance(text, str) for text in prompts.values()):
+        raise ValueError(f"{path}: every prompt must be a string, not {prompts!r:.80}.")
+    return {"similarity_fn_name": name, "prompts": prompts,
+            "default_prompt_name": json_field(config, "default_prompt_name", (str, type(None)), path, None)}

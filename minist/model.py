@@ -12,11 +12,15 @@ Which of these runs fast depends on the CPU; ``minist.cpu.choose_path`` decides 
 Bad input is refused by name before any work: a text that is not a string or holds a lone surrogate, a
 count out of range (both ``minist.inputs``), a device this machine lacks, a damaged file in the model
 folder (``minist.loading``).
-Left out: prompts, multi-process and multi-GPU encoding, the OpenVINO backend.
+Prompts: ``prompts={"query": "query: "}`` names texts to put before the inputs (E5, BGE, INSTRUCTOR models
+are trained so); ``encode_query`` and ``encode_document`` pick the right one, and a model folder's
+``config_sentence_transformers.json`` brings its own.
+Left out: multi-process and multi-GPU encoding, the OpenVINO backend.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Iterator
@@ -33,11 +37,13 @@ from tqdm.auto import tqdm
 
 from minist import __version__
 from minist.cpu import choose_path, log_once
+from minist.dense import Dense
 from minist.hub import resolve_model_folder
 from minist.inputs import check_count, text_list
-from minist.loading import load_steps, output_dimension, read_similarity_fn_name
+from minist.loading import load_steps, output_dimension, read_model_config
 from minist.normalize import Normalize
 from minist.ort import onnx_model
+from minist.pooling import Pooling
 from minist.quantization import Precision, quantize_embeddings, quantize_linear_layers
 from minist.saving import save_folder, write_modules_json
 from minist.similarity import SimilarityFunction
@@ -48,6 +54,7 @@ logger = logging.getLogger("minist")
 
 Quantize = Literal["int8", "bf16", "fp16"]
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")  # encode_document takes the first the model has
 
 # The sentence-transformers class that modules.json names for each step minist writes.
 ST_TYPES = {
@@ -78,6 +85,8 @@ class SentenceTransformer(nn.Sequential):
     (int8 on ONNX Runtime) or float32, says so once in the log and in ``model.path_note``, and
     ``model.quantize`` / ``model.backend`` say what runs (``minist.cpu``). ``minist.cpu.fastest_path``
     and notebook 08 measure what each buys on your machine.
+    ``prompts`` (name -> text) add to the saved ones and win over them; ``default_prompt_name`` names the one
+    ``encode`` uses when given none (default: none), as in sentence-transformers.
 
     >>> model = SentenceTransformer("all-MiniLM-L6-v2")  # doctest: +SKIP
     >>> model.encode(["A cat sleeps.", "A kitten naps."]).shape  # doctest: +SKIP
@@ -87,21 +96,30 @@ class SentenceTransformer(nn.Sequential):
     def __init__(self, model_name_or_path: str | Path | None = None, modules: list[nn.Module] | None = None,
                  device: str | None = None, cache_folder: str | Path | None = None, backend: Backend = "hf",
                  quantize: Quantize | None = None, similarity_fn_name: str | SimilarityFunction | None = None,
-                 truncate_dim: int | None = None):
+                 truncate_dim: int | None = None, prompts: dict[str, str] | None = None,
+                 default_prompt_name: str | None = None):
         if quantize not in (None, "int8", *AUTOCAST_DTYPES):
             raise ValueError(f"quantize must be None, 'int8', 'bf16' or 'fp16', not {quantize!r}.")
         if backend == "onnx" and quantize in AUTOCAST_DTYPES:
             raise ValueError(f"quantize={quantize!r} runs torch.autocast; backend='onnx' takes None or 'int8'.")
-        saved_similarity = None
+        saved = {}
         if model_name_or_path is not None:
             folder = resolve_model_folder(model_name_or_path, cache_folder)
             modules = load_steps(folder, backend)
-            saved_similarity = read_similarity_fn_name(folder / "config_sentence_transformers.json")
+            saved = read_model_config(folder / "config_sentence_transformers.json")
         if not modules or not isinstance(modules[0], Transformer):
             raise ValueError("Give a model name or path, or modules that start with a minist Transformer.")
         super().__init__(*modules)
         self.name_or_path = None if model_name_or_path is None else str(model_name_or_path)
-        self.similarity_fn_name = similarity_fn_name or saved_similarity  # the argument wins, as upstream
+        # The arguments win over the saved config, as in sentence-transformers.
+        self.similarity_fn_name = similarity_fn_name or saved.get("similarity_fn_name")
+        self.prompts = {"query": "", "document": ""} | saved.get("prompts", {}) | (prompts or {})
+        if not all(isinstance(name, str) and isinstance(text, str) for name, text in self.prompts.items()):
+            raise TypeError(f"prompts must map names to texts (strings), not {prompts!r:.80}.")
+        self.default_prompt_name = default_prompt_name or saved.get("default_prompt_name")
+        if self.default_prompt_name is not None and self.default_prompt_name not in self.prompts:
+            raise ValueError(f"default_prompt_name {self.default_prompt_name!r} is not one of the prompts "
+                             f"{list(self.prompts)}.")
         check_count("truncate_dim", truncate_dim, output_dimension(self), "the embedding size")
         self.truncate_dim = truncate_dim  # encode's default: keep the first truncate_dim numbers
         self.quantize, self.backend = quantize, backend
@@ -118,9 +136,12 @@ class SentenceTransformer(nn.Sequential):
 
     def extra_repr(self) -> str:
         """What runs and what encode returns, where not the defaults: the first line of ``repr(model)``."""
+        prompts = {name: text for name, text in self.prompts.items() if text}
         return ", ".join([f"quantize={self.quantize!r}"] * bool(self.quantize)
                          + [f"backend={self.backend!r}"] * (self.backend != "hf")
-                         + [f"truncate_dim={self.truncate_dim}"] * (self.truncate_dim is not None))
+                         + [f"truncate_dim={self.truncate_dim}"] * (self.truncate_dim is not None)
+                         + [f"prompts={prompts}"] * bool(prompts)
+                         + [f"default_prompt_name={self.default_prompt_name!r}"] * bool(self.default_prompt_name))
 
     def _usable_device(self, device: str | torch.device) -> torch.device:
         """``device`` parsed and checked: one torch knows, this machine has, and this model can run on."""
@@ -202,16 +223,41 @@ class SentenceTransformer(nn.Sequential):
         """The same function, row by row: (n, dim), (n, dim) -> (n,) with ``[i] = similarity(a[i], b[i])``."""
         return SimilarityFunction.to_similarity_pairwise_fn(self.similarity_fn_name)(a, b)
 
+    def set_pooling_include_prompt(self, include_prompt: bool) -> None:
+        """Whether pooling counts the prompt's tokens (INSTRUCTOR models are trained without them)."""
+        for step in self:
+            if isinstance(step, Pooling):
+                step.include_prompt = include_prompt
+                break
+
     fit = fit  # model.fit(train_objectives=[(dataloader, loss)], ...): see minist.training
 
     # --- encode ------------------------------------------------------------------------------------
-    def encode(self, sentences: str | list[str], batch_size: int | None = None, show_progress_bar: bool | None = None,
+    def encode_query(self, sentences: str | list[str], prompt_name: str | None = None, prompt: str | None = None,
+                     **kwargs):
+        """``encode`` for search queries: with the model's "query" prompt, unless given another."""
+        if prompt_name is None and prompt is None and "query" in self.prompts:
+            prompt_name = "query"
+        return self.encode(sentences, prompt_name=prompt_name, prompt=prompt, **kwargs)
+
+    def encode_document(self, sentences: str | list[str], prompt_name: str | None = None, prompt: str | None = None,
+                        **kwargs):
+        """``encode`` for what is searched: with the model's "document" prompt ("passage", "corpus" as a second
+        and third choice), unless given another."""
+        if prompt_name is None and prompt is None:
+            prompt_name = next((name for name in DOCUMENT_PROMPT_NAMES if name in self.prompts), None)
+        return self.encode(sentences, prompt_name=prompt_name, prompt=prompt, **kwargs)
+
+    def encode(self, sentences: str | list[str], prompt_name: str | None = None, prompt: str | None = None,
+               batch_size: int | None = None, show_progress_bar: bool | None = None,
                output_value: Literal["sentence_embedding", "token_embeddings"] = "sentence_embedding",
                convert_to_numpy: bool = True, convert_to_tensor: bool = False, normalize_embeddings: bool = False,
                device: str | None = None, truncate_dim: int | None = None, max_batch_tokens: int | None = None,
                precision: Precision = "float32"):
         """Texts -> embeddings, in input order.
 
+        ``prompt`` is put before every text ("query: " + text); ``prompt_name`` picks one of ``model.prompts``
+        instead; with neither, the ``default_prompt_name`` prompt, if the model has one.
         A string gives one (dim,) vector; a list gives (len, dim): a numpy array, or a tensor with
         ``convert_to_tensor=True``, or a list of tensors when both conversions are off.
         ``output_value="token_embeddings"`` gives each text's (tokens, dim) tensor instead.
@@ -224,6 +270,7 @@ class SentenceTransformer(nn.Sequential):
         """
         single = isinstance(sentences, str)
         texts = text_list(sentences)  # every item checked before any work
+        prompt = self._resolve_prompt(prompt, prompt_name)
         if output_value not in ("sentence_embedding", "token_embeddings"):
             raise ValueError(f"output_value must be 'sentence_embedding' or 'token_embeddings', not {output_value!r}.")
         check_count("batch_size", batch_size)
@@ -249,7 +296,8 @@ class SentenceTransformer(nn.Sequential):
             return self._empty_result(output_value, convert_to_numpy, convert_to_tensor, truncate_dim)
 
         # Tokenize once, unpadded, so batches can be formed by real token count (least padding).
-        rows = self[0].tokenize(texts, padding=False)
+        rows = self[0].tokenize([prompt + text for text in texts] if prompt else texts, padding=False)
+        extra = {"prompt_length": self[0].prompt_length(prompt)} if prompt else {}  # Pooling may leave it out
         cut = sum(bool(encoding.overflowing) for encoding in rows.encodings)
         if cut:
             logger.warning("%d of %d texts were longer than max_seq_length=%d tokens and were truncated.",
@@ -263,7 +311,7 @@ class SentenceTransformer(nn.Sequential):
         with torch.inference_mode(), autocast:
             for batch in tqdm(batches, desc="Batches", disable=not show_progress_bar):
                 features = self[0].pad([{key: rows[key][i] for key in rows} for i in batch])
-                features = self({key: value.to(self.device) for key, value in features.items()})
+                features = self({key: value.to(self.device) for key, value in features.items()} | extra)
                 if output_value == "token_embeddings":
                     # Each text's own rows: trailing padding dropped, as sentence-transformers does.
                     kept = features["attention_mask"].cumsum(dim=1).argmax(dim=1) + 1  # up to the last real token
@@ -288,6 +336,18 @@ class SentenceTransformer(nn.Sequential):
             results = embeddings.cpu().numpy() if convert_to_numpy else list(embeddings)
         return results[0] if single else results
 
+    def _resolve_prompt(self, prompt: str | None, prompt_name: str | None) -> str | None:
+        """The prompt text encode puts first: ``prompt``, else ``prompts[prompt_name]``, else the default's."""
+        if prompt is not None:
+            if not isinstance(prompt, str):
+                raise TypeError(f"prompt must be a string, not {type(prompt).__name__}.")
+            if prompt_name is not None:
+                logger.warning("Give a prompt or a prompt_name, not both: using the prompt, ignoring prompt_name.")
+            return prompt
+        if prompt_name is not None and prompt_name not in self.prompts:
+            raise ValueError(f"prompt_name {prompt_name!r} is not one of this model's prompts {list(self.prompts)}.")
+        return self.prompts.get(prompt_name or self.default_prompt_name)
+
     def _empty_result(self, output_value: str, convert_to_numpy: bool, convert_to_tensor: bool,
                       truncate_dim: int | None):
         """What ``encode([])`` returns: no rows, but the right type and width."""
@@ -297,30 +357,36 @@ class SentenceTransformer(nn.Sequential):
         return torch.empty(0, dim, device=self.device) if convert_to_tensor else np.zeros((0, dim), np.float32)
 
     # --- save --------------------------------------------------------------------------------------
-    def save(self, path: str | Path) -> None:
-        """Write the model in sentence-transformers' layout, all or nothing (see ``minist.saving``)."""
+    def save(self, path: str | Path, safe_serialization: bool = True) -> None:
+        """Write the model in sentence-transformers' layout, all or nothing (see ``minist.saving``).
+
+        ``safe_serialization=False`` writes Dense weights as ``pytorch_model.bin``, as sentence-transformers
+        does; the transformer's are safetensors either way (transformers 5 writes no other format).
+        """
         if self.quantize == "int8" or self.backend == "onnx":
             raise ValueError("An int8-quantized or ONNX model cannot be saved (its torch weights are gone): save the "
                              "float32 model and load that with quantize='int8' or backend='onnx'.")
-        save_folder(self._write, path)
+        save_folder(functools.partial(self._write, safe_serialization=safe_serialization), path)
 
     save_pretrained = save  # sentence-transformers' other name for it
 
-    def _write(self, folder: Path) -> None:
+    def _write(self, folder: Path, safe_serialization: bool) -> None:
         steps = []
         for idx, step in enumerate(self):
             kind = type(step).__name__
             path = "" if idx == 0 else f"{idx}_{kind}"
             (folder / path).mkdir(exist_ok=True)
-            if not isinstance(step, Normalize):
+            if isinstance(step, Dense):
+                step.save(folder / path, safe_serialization)
+            elif not isinstance(step, Normalize):
                 step.save(folder / path)
             steps.append((path, ST_TYPES[kind]))
         config = {
             "__version__": {
                 "minist": __version__, "transformers": transformers.__version__, "pytorch": torch.__version__,
             },
-            "prompts": {},
-            "default_prompt_name": None,
+            "prompts": self.prompts,
+            "default_prompt_name": self.default_prompt_name,
             "similarity_fn_name": self.similarity_fn_name,
         }
         (folder / "config_sentence_transformers.json").write_text(json.dumps(config, indent=2))

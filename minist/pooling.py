@@ -10,8 +10,9 @@ https://arxiv.org/abs/1908.10084), each a few lines below:
 - ``weightedmean``: a mean where the i-th token weighs i (later tokens count more; SGPT);
 - ``lasttoken``: the last real token, right or left padding alike (decoder models).
 
-Several modes at once are concatenated, as in sentence-transformers.
-Left out: prompt exclusion (``include_prompt`` is kept and saved, but minist has no prompts).
+Several modes at once are concatenated, as in sentence-transformers. With ``include_prompt=False`` the
+tokens of a prompt (``encode(prompt=...)``: "query: " before every text) are left out of every mode, as
+instruction models such as INSTRUCTOR are trained; the rest keep their positions' weights.
 """
 
 from __future__ import annotations
@@ -41,17 +42,23 @@ _LEGACY_KEYS = {
 }
 
 
-def pool(token_embeddings: Tensor, attention_mask: Tensor, mode: PoolingMode = "mean") -> Tensor:
+def pool(token_embeddings: Tensor, attention_mask: Tensor, mode: PoolingMode = "mean",
+         prompt_length: int = 0) -> Tensor:
     """(batch, seq, dim) token embeddings and a (batch, seq) mask of 1s and 0s -> (batch, dim).
+
+    ``prompt_length``: how many real tokens at the start (the [CLS] and a prompt's) to leave out.
 
     >>> pool(torch.tensor([[[1.0], [3.0], [9.0]]]), torch.tensor([[1, 1, 0]]), "mean")
     tensor([[2.]])
     """
-    mask = attention_mask.unsqueeze(-1).to(token_embeddings.dtype)  # (batch, seq, 1)
     first = attention_mask.int().argmax(dim=1)  # (batch,) first real token: 0 unless padded on the left
+    if prompt_length:  # the mask loses the prompt's tokens; weightedmean still counts positions from `first`
+        positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+        attention_mask = attention_mask * (positions >= (first + prompt_length)[:, None])
+    mask = attention_mask.unsqueeze(-1).to(token_embeddings.dtype)  # (batch, seq, 1)
     rows = torch.arange(len(first), device=first.device)
     if mode == "cls":
-        return token_embeddings[rows, first]
+        return token_embeddings[rows, attention_mask.int().argmax(dim=1)]  # the first token kept
     if mode == "max":
         # Padding must never win the maximum, so it is pushed far below any real value.
         return token_embeddings.masked_fill(mask == 0, -1e9).max(dim=1).values
@@ -103,8 +110,9 @@ class Pooling(nn.Module):
 
     def forward(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
         tokens, mask = features["token_embeddings"], features["attention_mask"]
+        skipped = 0 if self.include_prompt else features.get("prompt_length", 0)  # set by encode(prompt=...)
         pooled = [features["cls_token_embeddings"] if mode == "cls" and "cls_token_embeddings" in features
-                  else pool(tokens, mask, mode) for mode in self.modes]  # a model may give its own CLS vector
+                  else pool(tokens, mask, mode, skipped) for mode in self.modes]  # a model may give its own CLS
         features["sentence_embedding"] = torch.cat(pooled, dim=1)
         return features
 
@@ -119,7 +127,8 @@ class Pooling(nn.Module):
     get_embedding_dimension = get_sentence_embedding_dimension  # sentence-transformers 6's name
 
     def extra_repr(self) -> str:
-        return f"embedding_dimension={self.embedding_dimension}, modes={self.modes}"
+        return f"embedding_dimension={self.embedding_dimension}, modes={self.modes}" + (
+            ", include_prompt=False" * (not self.include_prompt))
 
     @classmethod
     def load(cls, folder: Path) -> Pooling:

@@ -3,7 +3,7 @@
 A thin wrapper over a Hugging Face fast tokenizer and ``transformers.AutoModel``, as
 sentence-transformers' ``Transformer`` module is. Texts are cut at ``max_seq_length`` tokens,
 from the right, exactly as the tokenizer's ``truncation=True`` does.
-Left out: prompts, images and audio, ``trust_remote_code``, the OpenVINO backend.
+Left out: images and audio, ``trust_remote_code``, the OpenVINO backend.
 With ``backend="minist"`` the model is ``minist.bert``'s from-scratch BERT (BERT-family folders only).
 ``max_seq_length`` can never pass the model's position table (``position_limit``), and a damaged file in the
 folder fails with that file's path (``blamed_on``), whichever library tripped over it.
@@ -215,6 +215,12 @@ class Transformer(nn.Module):
             texts = [text.lower() for text in texts]
         return self.tokenizer(texts, padding=padding, truncation=True, max_length=self.max_seq_length,
                               return_tensors="pt" if padding else None)
+
+    def prompt_length(self, prompt: str) -> int:
+        """How many tokens a prompt adds at the start of each text, the leading special token ([CLS]) counted,
+        as sentence-transformers counts them for ``Pooling(include_prompt=False)``: "query: " -> 3 for BERT."""
+        ids = self.tokenize([prompt], padding=False)["input_ids"][0]
+        return len(ids) - (ids[-1] in self.tokenizer.all_special_ids)  # the trailing [SEP] is the text's
 
     def pad(self, rows: list[dict[str, list[int]]]) -> dict[str, Tensor]:
         """Unpadded rows from ``tokenize(..., padding=False)`` -> one batch padded to its longest row."""

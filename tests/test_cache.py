@@ -49,6 +49,23 @@ def test_stores_what_encode_gives_and_reopens_memory_mapped(tmp_path, model):
     np.testing.assert_array_equal(reopened.embeddings, expected)
 
 
+def test_documents_are_stored_with_the_document_prompt_and_searched_with_the_query_prompt(tmp_path, tiny_st_dir):
+    prompts = {"query": "query: ", "document": "passage: "}
+    model = SentenceTransformer(tiny_st_dir, device="cpu", prompts=prompts)
+    cache = EmbeddingCache(tmp_path / "c", model)
+    cache.add(TINY_SENTENCES)
+    np.testing.assert_array_equal(cache.embeddings, model.encode(TINY_SENTENCES, prompt="passage: ",
+                                                                 normalize_embeddings=True))
+    queries = model.encode(TINY_SENTENCES[:2], prompt="query: ", normalize_embeddings=True, convert_to_tensor=True)
+    assert cache.search(TINY_SENTENCES[:2], top_k=3) == [
+        [{**hit, "text": TINY_SENTENCES[hit["corpus_id"]]} for hit in row]
+        for row in semantic_search(queries, torch.from_numpy(cache.embeddings), top_k=3)]
+    plain = SentenceTransformer(tiny_st_dir, device="cpu")
+    assert model_fingerprint(plain) != model_fingerprint(model)  # other prompts, other rows
+    with pytest.raises(ValueError, match="another model"):
+        EmbeddingCache(tmp_path / "c", plain)
+
+
 def test_grows_without_re_encoding(tmp_path, model, counting):
     cache = EmbeddingCache(tmp_path / "c", model)
     cache.add(TINY_SENTENCES[:5])

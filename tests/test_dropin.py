@@ -228,3 +228,101 @@ def test_information_retrieval_ranks_ties_by_corpus_id_as_upstream(pair, relevan
     # By hand: q2 finds e1 first; q1's 20 tied documents rank by id, so only d00 is found first.
     assert got["cosine_accuracy@1"] == expected["cosine_accuracy@1"] == (1.0 if relevant == "d00" else 0.5)
     assert got["cosine_accuracy@10"] == (0.5 if relevant == "d19" else 1.0)  # d19 is 20th of the ties
+
+
+# --- prompts (point 1) ----------------------------------------------------------------------------------
+PROMPTS = {"query": "query: ", "document": "passage: ", "short": "a "}
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["include_prompt", "exclude_prompt"])
+def prompt_pair(request, tmp_path_factory, tiny_hf_dir):
+    """A model whose pooling counts the prompt's tokens, or leaves them out (INSTRUCTOR-style), saved by
+    sentence-transformers with prompts and a default, then loaded by both libraries."""
+    from conftest import build_st_model
+
+    folder = tmp_path_factory.mktemp("prompted") / "model"
+    upstream = build_st_model(tiny_hf_dir, dense=False)
+    upstream.prompts, upstream.default_prompt_name = dict(PROMPTS), "short"
+    upstream.set_pooling_include_prompt(request.param)
+    upstream.save(str(folder))
+    return SentenceTransformer(folder, device="cpu"), STModel(str(folder), device="cpu")
+
+
+@pytest.mark.parametrize("call", [
+    {}, {"prompt_name": "query"}, {"prompt": "the cat "}, {"prompt": ""}, {"prompt_name": "document"},
+    {"prompt": "x ", "prompt_name": "query"}])  # both: the prompt wins, with a warning
+@pytest.mark.parametrize("method", ["encode", "encode_query", "encode_document"])
+def test_prompts_give_upstreams_embeddings(prompt_pair, method, call):
+    ours, theirs = prompt_pair
+    assert ours.prompts == theirs.prompts and ours.default_prompt_name == theirs.default_prompt_name == "short"
+    assert ours[1].include_prompt == theirs[1].include_prompt
+    got = getattr(ours, method)(TINY_SENTENCES, **call)
+    np.testing.assert_allclose(got, getattr(theirs, method)(TINY_SENTENCES, **call), atol=1e-5)
+    if not call and method == "encode":  # the default prompt is used: not the same as no prompt at all
+        assert not np.allclose(got, ours.encode(TINY_SENTENCES, prompt=""), atol=1e-3)
+
+
+def test_pooling_leaves_the_prompt_out_as_upstream_in_every_mode_and_padding_side():
+    from sentence_transformers.sentence_transformer.modules import Pooling as STPooling
+
+    from minist.pooling import MODES, Pooling
+
+    torch.manual_seed(0)
+    tokens = torch.randn(4, 7, 5)
+    right = torch.tensor([[1] * 7, [1] * 5 + [0] * 2, [1] * 3 + [0] * 4, [1] * 2 + [0] * 5])  # last two: prompt only
+    for mask in (right, right.flip(dims=[1])):  # right padding, then left padding
+        for mode in MODES:
+            features = {"token_embeddings": tokens, "attention_mask": mask, "prompt_length": 3}
+            ours = Pooling(5, mode, include_prompt=False)(dict(features))["sentence_embedding"]
+            theirs = STPooling(5, mode, include_prompt=False)(dict(features))["sentence_embedding"]
+            if mode == "max":  # a row of prompt only: upstream gives -inf, minist -1e9 (finite, same ranking)
+                assert (ours[2:] == -1e9).all() and (theirs[2:] == -torch.inf).all()
+                ours, theirs = ours[:2], theirs[:2]
+            torch.testing.assert_close(ours, theirs, msg=f"{mode}, padding {'right' if mask is right else 'left'}")
+
+
+def test_prompts_given_in_the_constructor_win_over_the_saved_ones_and_are_saved(tmp_path, tiny_st_dir):
+    ours = SentenceTransformer(tiny_st_dir, device="cpu", prompts={"query": "query: "}, default_prompt_name="query")
+    theirs = STModel(str(tiny_st_dir), device="cpu", prompts={"query": "query: "}, default_prompt_name="query")
+    assert ours.prompts == theirs.prompts == {"query": "query: ", "document": ""}
+    assert "prompts={'query': 'query: '}, default_prompt_name='query'" in repr(ours)  # and so in cache fingerprints
+    ours.save(tmp_path / "ours")
+    reloaded = STModel(str(tmp_path / "ours"), device="cpu", prompts={"query": "q: "})
+    assert reloaded.prompts == {"query": "q: ", "document": ""} and reloaded.default_prompt_name == "query"
+    mine = SentenceTransformer(tmp_path / "ours", device="cpu", prompts={"query": "q: "})
+    assert mine.prompts == reloaded.prompts and mine.default_prompt_name == "query"
+    np.testing.assert_allclose(mine.encode(TINY_SENTENCES), reloaded.encode(TINY_SENTENCES), atol=1e-5)
+
+
+def test_unknown_prompt_names_are_refused_by_both(pair, tiny_st_dir):
+    for model in pair:
+        with pytest.raises(ValueError, match="nope"):
+            model.encode(TINY_SENTENCES, prompt_name="nope")
+    for model_class in (SentenceTransformer, STModel):
+        with pytest.raises(ValueError, match="nope"):
+            model_class(str(tiny_st_dir), device="cpu", prompts={"query": "q: "}, default_prompt_name="nope")
+    with pytest.raises(TypeError, match="prompt must be a string"):
+        pair[0].encode(TINY_SENTENCES, prompt=3)
+
+
+def test_set_pooling_include_prompt_as_upstream(tiny_st_dir):
+    ours = SentenceTransformer(tiny_st_dir, device="cpu", prompts=PROMPTS)
+    theirs = STModel(str(tiny_st_dir), device="cpu", prompts=PROMPTS)
+    for model in (ours, theirs):
+        model.set_pooling_include_prompt(False)
+    assert ours[1].include_prompt is theirs[1].include_prompt is False
+    np.testing.assert_allclose(ours.encode_query(TINY_SENTENCES), theirs.encode_query(TINY_SENTENCES), atol=1e-5)
+
+
+@pytest.mark.parametrize("safe", [True, False])
+def test_save_safe_serialization_writes_upstreams_files(tmp_path, tiny_st_dir, safe):
+    ours, theirs = SentenceTransformer(tiny_st_dir, device="cpu"), STModel(str(tiny_st_dir), device="cpu")
+    ours.save(tmp_path / "ours", safe_serialization=safe)
+    theirs.save(str(tmp_path / "theirs"), safe_serialization=safe)
+    for step in ("", "2_Dense"):
+        weights = {p.name for p in (tmp_path / "ours" / step).iterdir() if p.suffix in (".bin", ".safetensors")}
+        assert weights == {p.name for p in (tmp_path / "theirs" / step).iterdir()
+                           if p.suffix in (".bin", ".safetensors")}
+    assert (tmp_path / "ours" / "2_Dense" / ("model.safetensors" if safe else "pytorch_model.bin")).is_file()
+    np.testing.assert_allclose(STModel(str(tmp_path / "ours"), device="cpu").encode(TINY_SENTENCES),
+                               theirs.encode(TINY_SENTENCES), atol=1e-5)

@@ -72,6 +72,19 @@ def test_information_retrieval_evaluator_matches(models, retrieval_data, kwargs)
     assert got_evaluator.primary_metric == expected_evaluator.primary_metric
 
 
+@pytest.mark.parametrize("kwargs", [{}, {"query_prompt": "q: "}, {"corpus_prompt_name": "query"}])
+def test_information_retrieval_evaluator_encodes_with_the_models_prompts_as_upstream(real_model_dir, retrieval_data,
+                                                                                      kwargs):
+    prompts = {"query": "query: ", "document": "passage: "}
+    ours = SentenceTransformer(real_model_dir, device="cpu", prompts=prompts)
+    theirs = STModel(str(real_model_dir), device="cpu", prompts=prompts)
+    got = evaluation.InformationRetrievalEvaluator(*retrieval_data, **kwargs)(ours)
+    expected = st_evaluation.InformationRetrievalEvaluator(*retrieval_data, **kwargs)(theirs)
+    assert set(got) == set(expected) and all(abs(got[k] - expected[k]) <= 1e-5 for k in expected)
+    plain = evaluation.InformationRetrievalEvaluator(*retrieval_data)(SentenceTransformer(real_model_dir, device="cpu"))
+    assert got != plain  # the prompts were used
+
+
 def test_information_retrieval_with_two_score_functions(models, retrieval_data):
     ours, theirs = models
     got = evaluation.InformationRetrievalEvaluator(

@@ -58,6 +58,26 @@ def test_llama_index_vector_store_index(model):
     assert len(embed_model.get_text_embedding_batch(["a", "b", "c"])) == 3
 
 
+def test_the_adapters_encode_queries_and_documents_with_the_models_prompts(real_model_dir):
+    """Queries go through encode_query and documents through encode_document, as upstream's adapters do."""
+    from sentence_transformers import SentenceTransformer as STModel
+
+    from minist.integrations.langchain import MinistEmbeddings
+    from minist.integrations.llama_index import MinistEmbedding
+
+    prompts = {"query": "query: ", "document": "passage: "}
+    model = SentenceTransformer(real_model_dir, device="cpu", prompts=prompts)
+    upstream = STModel(str(real_model_dir), device="cpu", prompts=prompts)
+    query = upstream.encode_query(["hello"], normalize_embeddings=True)[0]
+    documents = upstream.encode_document(["hello", "a cat"], normalize_embeddings=True)
+    assert not np.allclose(query, documents[0], atol=1e-3)  # the prompts make a difference
+    langchain, llama_index = MinistEmbeddings(model), MinistEmbedding(model)
+    for embed_query, embed_documents in [(langchain.embed_query, langchain.embed_documents),
+                                         (llama_index.get_query_embedding, llama_index.get_text_embedding_batch)]:
+        np.testing.assert_allclose(embed_query("hello"), query, atol=1e-5)
+        np.testing.assert_allclose(embed_documents(["hello", "a cat"]), documents, atol=1e-5)
+
+
 @pytest.mark.parametrize(("module", "dependency", "extra"), [
     ("minist.integrations.langchain", "langchain_core.embeddings", "minist[langchain]"),
     ("minist.integrations.llama_index", "llama_index.core.base.embeddings.base", "minist[llama-index]")])

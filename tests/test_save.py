@@ -50,7 +50,7 @@ def test_minist_saves_and_sentence_transformers_loads_the_same_model(tmp_path, t
 def test_a_failed_save_leaves_no_model_behind(tmp_path, tiny_st_dir, monkeypatch):
     model = SentenceTransformer(tiny_st_dir, device="cpu")
 
-    def fail(self, folder):
+    def fail(self, folder, *args):
         raise OSError("disk full")
 
     monkeypatch.setattr(minist.dense.Dense, "save", fail)  # fails after the transformer's weights are written
@@ -63,7 +63,7 @@ def test_a_failed_save_over_a_model_keeps_the_old_one(tmp_path, tiny_st_dir, mon
     model = SentenceTransformer(tiny_st_dir, device="cpu")
     model.save(tmp_path / "out")
     before = SentenceTransformer(tmp_path / "out", device="cpu").encode(TINY_SENTENCES)
-    monkeypatch.setattr(minist.dense.Dense, "save", lambda self, folder: 1 / 0)
+    monkeypatch.setattr(minist.dense.Dense, "save", lambda self, folder, *args: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         model.save(tmp_path / "out")
     assert [p.name for p in tmp_path.iterdir()] == ["out"]

@@ -6,7 +6,8 @@
 >>> store = InMemoryVectorStore(MinistEmbeddings("all-MiniLM-L6-v2"))  # doctest: +SKIP
 
 Embeddings are normalized by default, so LangChain's cosine and dot-product stores agree.
-Left out: multi-process encoding, prompts.
+Queries and documents go through ``encode_query`` and ``encode_document``, so a model's prompts apply.
+Left out: multi-process encoding.
 """
 
 from __future__ import annotations
@@ -30,8 +31,11 @@ class MinistEmbeddings(Embeddings):
         self.batch_size, self.normalize_embeddings = batch_size, normalize_embeddings
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        return self.model.encode(list(texts), batch_size=self.batch_size,
-                                 normalize_embeddings=self.normalize_embeddings).tolist()
+        """Documents through ``encode_document`` (the model's document prompt, if it has one)."""
+        return self.model.encode_document(list(texts), batch_size=self.batch_size,
+                                          normalize_embeddings=self.normalize_embeddings).tolist()
 
     def embed_query(self, text: str) -> list[float]:
-        return self.embed_documents([text])[0]
+        """A query through ``encode_query`` (the model's query prompt, if it has one)."""
+        return self.model.encode_query([text], batch_size=self.batch_size,
+                                       normalize_embeddings=self.normalize_embeddings)[0].tolist()

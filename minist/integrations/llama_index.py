@@ -7,7 +7,7 @@
 >>> index = VectorStoreIndex.from_documents(documents, embed_model=embed_model)  # doctest: +SKIP
 
 LlamaIndex's async methods run the same (blocking) encode: on a CPU there is nothing to overlap.
-Left out: query and text instructions (prompts).
+Queries go through ``encode_query`` and texts through ``encode_document``, so a model's prompts apply.
 """
 
 from __future__ import annotations
@@ -43,12 +43,13 @@ class MinistEmbedding(BaseEmbedding):
     def class_name(cls) -> str:
         return "MinistEmbedding"
 
-    def _encode(self, texts: list[str]) -> list[list[float]]:
-        return self._model.encode(texts, batch_size=self.embed_batch_size,
-                                  normalize_embeddings=self.normalize).tolist()
+    def _encode(self, texts: list[str], kind: str = "document") -> list[list[float]]:
+        """Texts through ``encode_document``, or ``encode_query`` for queries: the model's prompts apply."""
+        encode = self._model.encode_query if kind == "query" else self._model.encode_document
+        return encode(texts, batch_size=self.embed_batch_size, normalize_embeddings=self.normalize).tolist()
 
     def _get_query_embedding(self, query: str) -> list[float]:
-        return self._encode([query])[0]
+        return self._encode([query], "query")[0]
 
     def _get_text_embedding(self, text: str) -> list[float]:
         return self._encode([text])[0]
