@@ -10,8 +10,8 @@ gradients clipped to ``max_grad_norm``. An evaluator, when given, runs after eac
 
 Nothing is trained on data that does not fit: before the first step, ``fit`` checks its settings and every
 example against what each loss declares (``minist.losses.Loss``), and a refusal names the argument, or the
-objective and the example index. Left out: the Hugging Face ``Trainer`` path, multi-GPU, gradient
-accumulation, other schedulers.
+objective and the example index. ``minist.trainer`` builds the v3+ recipe (``SentenceTransformerTrainer``
+on a ``datasets.Dataset``) on the same steps. Left out: multi-GPU, gradient accumulation, other schedulers.
 """
 
 from __future__ import annotations
@@ -99,8 +99,8 @@ def collate(model, examples: list[InputExample], use_labels: bool = True) -> tup
 def check_settings(optimizer_params: dict, max_grad_norm: float, **counts: int) -> None:
     """Refuse, naming the argument, a setting of ``fit`` that would train wrongly or not at all.
 
-    ``counts`` are numbers of epochs or steps: whole numbers, at least 1 for ``epochs`` and
-    ``steps_per_epoch``, at least 0 for the others.
+    ``counts`` are numbers of epochs, steps or examples: whole numbers, at least 0 for warm-up and the
+    intervals (``warmup_steps``, ``evaluation_steps``, ``checkpoint_save_steps``; 0: none), at least 1 for the others.
     """
     if "weight_decay" in optimizer_params:  # the parameter groups would override it
         raise ValueError("Give weight_decay to fit itself, not in optimizer_params (biases and LayerNorm get none).")
@@ -109,7 +109,7 @@ def check_settings(optimizer_params: dict, max_grad_norm: float, **counts: int) 
     if not isinstance(max_grad_norm, numbers.Real) or not max_grad_norm > 0:  # a negative one flips the gradients
         raise ValueError(f"max_grad_norm must be positive, not {max_grad_norm!r}.")
     for name, value in counts.items():
-        least = 1 if name in ("epochs", "steps_per_epoch") else 0
+        least = 0 if name in ("warmup_steps", "evaluation_steps", "checkpoint_save_steps") else 1
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             ratio = " It counts steps: for a ratio, multiply it by the number of steps." * (name == "warmup_steps")
             raise TypeError(f"{name} must be an int, not {value!r}.{ratio}")
@@ -120,10 +120,7 @@ def check_settings(optimizer_params: dict, max_grad_norm: float, **counts: int) 
 def check_objective(objective, model, number: int) -> tuple[DataLoader, Loss]:
     """Refuse, before any training, an objective that cannot train ``model``, naming the objective and the example.
 
-    Every minist loss inside the objective's loss is checked (MatryoshkaLoss's wrapped loss first): it must be
-    built on ``model`` itself (refusing another instance is minist's choice: sentence-transformers would
-    silently train that other model), and the data must fit what it declares (``columns``, ``needs_labels``,
-    ``label_range``, ``label_values``, ``min_batch_size``).
+    The pair's types here; its loss and data in ``check_data``.
     """
     if not (isinstance(objective, tuple | list) and len(objective) == 2):
         raise TypeError(f"Training objective {number} must be a (DataLoader, loss) pair, not {objective!r:.80}; "
@@ -132,28 +129,39 @@ def check_objective(objective, model, number: int) -> tuple[DataLoader, Loss]:
     if not isinstance(dataloader, DataLoader) or not hasattr(dataloader.dataset, "__len__"):
         raise TypeError(f"Objective {number}: expected a DataLoader over a list of InputExample, "
                         f"not {dataloader!r:.80}.")
-    if not isinstance(loss, Loss):
-        raise TypeError(f"Objective {number}: the loss must be a minist loss such as losses.CoSENTLoss(model), "
-                        f"not {type(loss).__module__}.{type(loss).__name__}.")
     if len(dataloader) == 0 or len(dataloader.dataset) == 0:
         raise ValueError(f"Training objective {number} has an empty DataLoader.")
+    check_data(dataloader.dataset, loss, model, dataloader.batch_size, f"Objective {number}")
+    return dataloader, loss
+
+
+def check_data(examples: list[InputExample], loss: Loss, model, batch_size: int | None, where: str) -> None:
+    """Refuse a loss and examples that cannot train ``model``; ``where`` names the data in the messages.
+
+    Every minist loss inside ``loss`` is checked (MatryoshkaLoss's wrapped loss first): it must be built on
+    ``model`` itself (refusing another instance is minist's choice: sentence-transformers would silently train
+    that other model), and the examples must fit what it declares (``columns``, ``needs_labels``,
+    ``label_range``, ``label_values``, ``min_batch_size``).
+    """
+    if not isinstance(loss, Loss):
+        raise TypeError(f"{where}: the loss must be a minist loss such as losses.CoSENTLoss(model), "
+                        f"not {type(loss).__module__}.{type(loss).__name__}.")
     parts = [part for part in loss.modules() if isinstance(part, Loss)][::-1]  # innermost first
     for part in parts:
         name = type(part).__name__ + ("" if part is loss else f" (inside {type(loss).__name__})")
         if part.model is not model:
-            raise ValueError(f"Objective {number}: the {name} was built on another model instance, and fit would "
-                             f"train that one. Build it on the model you fit: losses.{type(part).__name__}(model).")
-        if dataloader.batch_size is not None and dataloader.batch_size < part.min_batch_size:
-            raise ValueError(f"Objective {number}: {name} needs a batch_size of at least {part.min_batch_size}, "
-                             f"not {dataloader.batch_size}: it compares each example with the others of its batch "
+            raise ValueError(f"{where}: the {name} was built on another model instance, and training would update "
+                             f"that one. Build it on the model you train: losses.{type(part).__name__}(model).")
+        if batch_size is not None and batch_size < part.min_batch_size:
+            raise ValueError(f"{where}: {name} needs a batch_size of at least {part.min_batch_size}, "
+                             f"not {batch_size}: it compares each example with the others of its batch "
                              "(its in-batch negatives, or the pairs it ranks); a batch of one has none, and the "
                              "loss is constantly 0.")
-    for i, example in enumerate(dataloader.dataset):
+    for i, example in enumerate(examples):
         if not isinstance(example, InputExample):
-            raise TypeError(f"Objective {number}, example {i}: expected an InputExample, got {type(example).__name__}.")
+            raise TypeError(f"{where}, example {i}: expected an InputExample, got {type(example).__name__}.")
         for part in parts:
-            check_example(example, part, f"Objective {number}, example {i}")
-    return dataloader, loss
+            check_example(example, part, f"{where}, example {i}")
 
 
 def check_example(example: InputExample, loss: Loss, where: str) -> None:
@@ -203,9 +211,7 @@ def fit(model, train_objectives: list[tuple[DataLoader, Loss]], evaluator=None, 
     evaluator scores the model and ``save_best_model`` is set; else the final one (no evaluator,
     ``save_best_model=False``, or an evaluator whose score was never a number, e.g. NaN: a warning names it).
     """
-    if model.quantize == "int8" or model.backend == "onnx":
-        raise ValueError("An int8-quantized or ONNX model cannot be trained: fine-tune the float32 model, save "
-                         "it, then load it with quantize='int8' or backend='onnx'.")
+    check_trainable(model)
     optimizer_params = {"lr": 2e-5, **(optimizer_params or {})}
     check_settings(optimizer_params, max_grad_norm, epochs=epochs, warmup_steps=warmup_steps,
                    evaluation_steps=evaluation_steps, checkpoint_save_steps=checkpoint_save_steps,
@@ -219,9 +225,8 @@ def fit(model, train_objectives: list[tuple[DataLoader, Loss]], evaluator=None, 
     optimizers = [optimizer_for(loss, weight_decay, optimizer_params) for _, loss in train_objectives]
     schedulers = [get_linear_schedule_with_warmup(o, warmup_steps, steps_per_epoch * epochs) for o in optimizers]
     iterators = [iter(dataloader) for dataloader, _ in train_objectives]
-    autocast = torch.autocast(model.device.type, enabled=use_amp,
-                              dtype=torch.float16 if model.device.type == "cuda" else torch.bfloat16)
-    scaler = torch.amp.GradScaler(model.device.type, enabled=use_amp and model.device.type == "cuda")
+    autocast, scaler = mixed_precision(model, (torch.float16 if model.device.type == "cuda" else torch.bfloat16)
+                                       if use_amp else None)
     model.training_history, model.evaluation_history, model.best_score = [], [], -math.inf
     step, saved = 0, False
     for epoch in range(epochs):
@@ -231,14 +236,12 @@ def fit(model, train_objectives: list[tuple[DataLoader, Loss]], evaluator=None, 
             for number, ((dataloader, loss), optimizer, scheduler) in enumerate(
                     zip(train_objectives, optimizers, schedulers, strict=True)):
                 try:
-                    features, labels = next(iterators[number])
+                    batch = next(iterators[number])
                 except StopIteration:  # this objective's data is used up: start it again
                     iterators[number] = iter(dataloader)
-                    features, labels = next(iterators[number])
-                features = [{k: v.to(model.device) for k, v in column.items()} for column in features]
-                with autocast:
-                    value = loss(features, labels.to(model.device))
-                _update(value, loss, optimizer, scheduler, scaler, max_grad_norm)
+                    batch = next(iterators[number])
+                value = batch_loss(model, loss, batch, autocast)
+                update(value, loss, optimizer, scheduler, scaler, max_grad_norm)
                 model.training_history.append({"step": step, "epoch": epoch, "objective": number,
                                                "loss": value.item(), "lr": scheduler.get_last_lr()[0]})
             step += 1
@@ -257,19 +260,44 @@ def fit(model, train_objectives: list[tuple[DataLoader, Loss]], evaluator=None, 
         model.save(output_path)
 
 
-def _update(value: torch.Tensor, loss: Loss, optimizer, scheduler, scaler, max_grad_norm: float) -> None:
+def check_trainable(model) -> None:
+    """Refuse a model whose weights are not float32 torch tensors that an optimizer can update."""
+    if model.quantize == "int8" or model.backend == "onnx":
+        raise ValueError("An int8-quantized or ONNX model cannot be trained: fine-tune the float32 model, save "
+                         "it, then load it with quantize='int8' or backend='onnx'.")
+
+
+def mixed_precision(model, dtype: torch.dtype | None) -> tuple[torch.autocast, torch.amp.GradScaler]:
+    """(autocast context, gradient scaler) for training in ``dtype`` (None: float32, both disabled).
+
+    The scaler (float16 only) scales the loss so that float16 gradients do not underflow; when disabled it
+    passes everything through unchanged. The weights stay float32 either way.
+    """
+    autocast = torch.autocast(model.device.type, enabled=dtype is not None, dtype=dtype or torch.bfloat16)
+    return autocast, torch.amp.GradScaler(model.device.type, enabled=dtype == torch.float16)
+
+
+def batch_loss(model, loss: Loss, batch: tuple[list[dict], torch.Tensor], autocast) -> torch.Tensor:
+    """The loss of one ``collate``d batch, moved to the model's device: a scalar tensor that can backpropagate."""
+    features, labels = batch
+    features = [{k: v.to(model.device) for k, v in column.items()} for column in features]
+    with autocast:
+        return loss(features, labels.to(model.device))
+
+
+def update(value: torch.Tensor, loss: Loss, optimizer, scheduler, scaler, max_grad_norm: float) -> float:
     """One optimizer step: backward, clip the gradients' norm, step, then the learning-rate schedule.
 
-    The scaler (mixed precision on CUDA) scales the loss so that float16 gradients do not underflow;
-    when disabled it passes everything through unchanged.
+    Returns the gradients' total norm before clipping (what the Hugging Face Trainer logs as ``grad_norm``).
     """
     scaler.scale(value).backward()
     scaler.unscale_(optimizer)
-    torch.nn.utils.clip_grad_norm_(loss.parameters(), max_grad_norm)
+    grad_norm = torch.nn.utils.clip_grad_norm_(loss.parameters(), max_grad_norm)
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad()
     scheduler.step()
+    return grad_norm.item()
 
 
 def _evaluate(model, evaluator, output_path, save_best_model: bool, epoch: int, steps: int) -> bool:
