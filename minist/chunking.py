@@ -5,7 +5,10 @@ embedding stands only for its opening. ``chunk_text`` cuts the text into windows
 short enough to be read in full, with ``overlap`` tokens shared by neighbours so that a sentence on a
 border appears whole in at least one chunk. Chunks are exact slices of the original text, with their
 character offsets, so search hits can be traced back. A bad argument is refused by name before any
-tokenizing. Left out: splitting on sentence or paragraph boundaries; slow (Python) tokenizers, which
+tokenizing. With ``boundary="sentence"`` a chunk ends at the last sentence end (".", "!" or "?" before
+a space) that fits the window, and the next one starts at a sentence start inside the overlap where there
+is one; a sentence longer than the window is still cut between tokens. Left out: real sentence
+segmentation (abbreviations such as "e.g." count as ends), paragraphs; slow (Python) tokenizers, which
 give no character offsets.
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 import numbers
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 from minist.inputs import check_text
 
@@ -46,30 +50,50 @@ def window_width(tokenizer, max_tokens: int, overlap: int) -> int:
     return width
 
 
-def chunk_text(text: str, tokenizer, max_tokens: int, overlap: int = 32) -> list[Chunk]:
+def check_boundary(boundary: str) -> None:
+    if boundary not in ("token", "sentence"):
+        raise ValueError(f'boundary must be "token" or "sentence", not {boundary!r:.40}.')
+
+
+def sentence_ends(text: str, offsets: list[tuple[int, int]]) -> set[int]:
+    """Indices of the tokens that end a sentence: ".", "!" or "?" followed by whitespace or the end of the text."""
+    return {i for i, (start, end) in enumerate(offsets)
+            if text[start:end] in {".", "!", "?"} and (end == len(text) or text[end].isspace())}
+
+
+def chunk_text(text: str, tokenizer, max_tokens: int, overlap: int = 32,
+               boundary: Literal["token", "sentence"] = "token") -> list[Chunk]:
     """``text`` -> chunks of at most ``max_tokens`` tokens (special tokens included), ``overlap`` shared.
+
+    ``boundary="sentence"`` ends each chunk at a sentence end where one fits (then neighbours share at most
+    ``overlap`` tokens, starting at a sentence start where there is one).
 
     >>> chunk_text(long_text, model.tokenizer, model.max_seq_length)  # doctest: +SKIP
     [Chunk(text='...', start=0, end=1204), Chunk(text='...', start=1075, end=2230), ...]
     """
     check_text(text, "text")
     width = window_width(tokenizer, max_tokens, overlap)
+    check_boundary(boundary)
     # verbose=False: a text longer than the model reads is the point here, not a mistake to warn about.
     offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)["offset_mapping"]
-    chunks = []
-    for first in range(0, max(len(offsets), 1), width - overlap):
-        window = offsets[first:first + width]
-        if not window:
+    ends = sentence_ends(text, offsets) if boundary == "sentence" else set()
+    chunks, first = [], 0
+    while first < len(offsets):
+        last = min(first + width, len(offsets))  # one past the window's last token
+        if last < len(offsets):
+            # The last sentence end in the window, but past the overlap, so that the next chunk moves on.
+            cut = max((i for i in range(first + overlap, last) if i in ends), default=None)
+            last = last if cut is None else cut + 1
+        chunks.append(Chunk(text[offsets[first][0]:offsets[last - 1][1]], offsets[first][0], offsets[last - 1][1]))
+        if last == len(offsets):  # this window reached the end
             break
-        start, end = window[0][0], window[-1][1]
-        chunks.append(Chunk(text[start:end], start, end))
-        if first + width >= len(offsets):  # this window reached the end
-            break
+        # The next chunk shares the last `overlap` tokens: from the first sentence start among them, if any.
+        first = min((i for i in range(last - overlap, last) if i - 1 in ends), default=last - overlap)
     return chunks
 
 
-def chunk_documents(documents: list[str], tokenizer, max_tokens: int, overlap: int = 32
-                    ) -> tuple[list[str], list[int]]:
+def chunk_documents(documents: list[str], tokenizer, max_tokens: int, overlap: int = 32,
+                    boundary: Literal["token", "sentence"] = "token") -> tuple[list[str], list[int]]:
     """Many documents -> (all their chunk texts, the index of the document each chunk came from)."""
     if isinstance(documents, str) or not isinstance(documents, Iterable):  # a string would go letter by letter
         raise TypeError(f"documents must be a list of strings (chunk_text takes one), not a "
@@ -78,9 +102,10 @@ def chunk_documents(documents: list[str], tokenizer, max_tokens: int, overlap: i
     for number, document in enumerate(documents):
         check_text(document, f"documents[{number}]")
     window_width(tokenizer, max_tokens, overlap)  # the arguments are checked even when there are no documents
+    check_boundary(boundary)
     texts, owners = [], []
     for number, document in enumerate(documents):
-        for chunk in chunk_text(document, tokenizer, max_tokens, overlap):
+        for chunk in chunk_text(document, tokenizer, max_tokens, overlap, boundary):
             texts.append(chunk.text)
             owners.append(number)
     return texts, owners

@@ -3,6 +3,7 @@
 import itertools
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,45 @@ def test_a_tokenizer_without_offsets_is_named(model, real_model_dir):
         chunk_text(LONG, WordPieceTokenizer.from_pretrained(real_model_dir), 64)  # minist's own: no offsets
     with pytest.raises(TypeError, match=r"tokenizer must be a fast .*got a SentenceTransformer"):
         chunk_text(LONG, model, 64)  # the model, not model.tokenizer
+
+
+def greedy_sentence_chunks(text: str, tokenizer, width: int) -> list[str]:
+    """The reference for overlap=0: pack whole sentences, in order, while they fit ``width`` tokens."""
+    sentences, chunks, current = re.split(r"(?<=[.!?])\s+", text.strip()), [], ""
+    for sentence in sentences:
+        joined = f"{current} {sentence}" if current else sentence
+        if len(tokenizer(joined, add_special_tokens=False)["input_ids"]) <= width:
+            current = joined
+        else:
+            chunks.append(current)
+            current = sentence
+    return [*chunks, current]
+
+
+@pytest.mark.parametrize("max_tokens", [40, 64, 96])
+def test_sentence_chunks_without_overlap_pack_whole_sentences_as_a_greedy_reference_does(model, max_tokens):
+    chunks = chunk_text(LONG, model.tokenizer, max_tokens, overlap=0, boundary="sentence")
+    assert [c.text for c in chunks] == greedy_sentence_chunks(LONG, model.tokenizer, max_tokens - 2)
+
+
+@pytest.mark.parametrize(("max_tokens", "overlap"), [(96, 16), (64, 8), (40, 10)])
+def test_sentence_chunks_end_at_sentence_ends_fit_and_cover_every_token(model, max_tokens, overlap):
+    tokenizer = model.tokenizer
+    chunks = chunk_text(LONG, tokenizer, max_tokens, overlap, boundary="sentence")
+    assert all(len(tokenizer(c.text)["input_ids"]) <= max_tokens for c in chunks)
+    assert all(c.text == LONG[c.start:c.end] and c.text.endswith(".") for c in chunks)  # every sentence fits
+    offsets = tokenizer(LONG, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    assert all(any(c.start <= s and e <= c.end for c in chunks) for s, e in offsets)
+    assert all(a.start < b.start <= a.end + 1 for a, b in itertools.pairwise(chunks))  # moves on, leaves no gap
+    token = chunk_text(LONG, tokenizer, max_tokens, overlap)  # the default cuts mid-sentence
+    assert sum(c.text.endswith(".") for c in token) < len(token)
+
+
+def test_a_sentence_longer_than_the_window_is_cut_between_tokens(model):
+    text = "one two three four five six seven eight nine ten. Short one."
+    chunks = chunk_text(text, model.tokenizer, 7, overlap=0, boundary="sentence")  # 5 text tokens a chunk
+    assert [c.text for c in chunks] == ["one two three four five", "six seven eight nine ten", ". Short one."]
+    with pytest.raises(ValueError, match='boundary must be "token" or "sentence", not \'word\''):
+        chunk_text(text, model.tokenizer, 7, 0, boundary="word")
+    with pytest.raises(ValueError, match='boundary must be "token" or "sentence"'):
+        chunk_documents([], model.tokenizer, 7, 0, boundary="word")  # checked even with nothing to cut
