@@ -74,7 +74,8 @@ class VectorIndex:
 
     @property
     def memory_bytes(self) -> int:
-        """Bytes of the stored vectors (plus the graph, for HNSW)."""
+        """Bytes this index holds: its vectors, plus for HNSW all that usearch holds (its own copy of the vectors,
+        the graph's links, and memory it reserves ahead in blocks)."""
         return self.vectors.nbytes + (self.graph.memory_usage if self.graph is not None else 0)
 
     def search(self, query_embeddings, top_k: int = 10, rescore_multiplier: int = 4) -> list[list[dict]]:
