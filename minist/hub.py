@@ -5,8 +5,9 @@ or a short name (``all-MiniLM-L6-v2``, read as ``sentence-transformers/all-MiniL
 ``resolve_model_folder`` looks in this order and returns the first folder it finds:
 
 1. a local folder of that name;
-2. an installed Python package that ships the model's files (``OFFLINE_PACKAGES``), for machines
-   that cannot reach the Hub;
+2. an installed Python package that ships the model's files, for machines that cannot reach the Hub:
+   the folder itself (``OFFLINE_PACKAGES``), or a zip split over several packages that is unpacked into
+   minist's cache on first use (``minist.packages.SPLIT_PACKAGES``);
 3. the Hugging Face cache, then the Hub, through ``huggingface_hub.snapshot_download``
    (``HF_HUB_OFFLINE=1`` keeps it to the cache).
 
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import constants, snapshot_download
+
+from minist.packages import SPLIT_PACKAGES, split_package_folder
 
 # Hub id (lower case) -> (import name, folder inside the package, name to pip-install).
 OFFLINE_PACKAGES = {
@@ -90,11 +93,12 @@ def hub_ids(name: str) -> list[str]:
 def offline_package_folder(hub_id: str) -> Path | None:
     """The model folder inside an installed offline package that carries ``hub_id``, or None.
 
-    The package is located without being imported (``find_spec``), so nothing of it runs.
+    The package is located without being imported (``find_spec``), so nothing of it runs. A model split
+    over several packages is unpacked into minist's cache (``minist.packages``).
     """
     entry = OFFLINE_PACKAGES.get(hub_id.lower())
     if entry is None:
-        return None
+        return split_package_folder(hub_id)
     import_name, subfolder, _ = entry
     spec = importlib.util.find_spec(import_name)
     if spec is None or spec.origin is None:
@@ -131,14 +135,16 @@ def resolve_model_folder(name_or_path: str | Path, cache_folder: str | Path | No
             return Path(snapshot_download(hub_id, cache_dir=cache))
         except Exception as error:  # offline, unknown repository, no network: all mean "not here"
             last_error = error
-    known = ", ".join(f"{pip_name} carries {hub_id}" for hub_id, (_, _, pip_name) in OFFLINE_PACKAGES.items())
+    known = [f"{pip_name} carries {hub_id}" for hub_id, (_, _, pip_name) in OFFLINE_PACKAGES.items()]
+    known += [f"{package.parts[0][0]} ... {package.parts[-1][0]} carry {hub_id} ({package.install_command})"
+              for hub_id, package in SPLIT_PACKAGES.items()]
     hub = "not reachable or no such repository"
     if constants.HF_HUB_OFFLINE:
         hub = "offline (HF_HUB_OFFLINE=1), so only the cache was read"
     raise ModelNotFoundError(
         f"Could not find the model {name!r}. Looked for:\n"
         f"  - a local folder: {path.resolve()} (does not exist)\n"
-        f"  - an installed offline model package for {' or '.join(ids)} (none; {known})\n"
+        f"  - an installed offline model package for {' or '.join(ids)} (none; {'; '.join(known)})\n"
         f"  - {' and '.join(ids)} in the Hugging Face cache at {cache}, then on the Hub: {hub}\n"
         f"    ({type(last_error).__name__}: {str(last_error).splitlines()[0] if str(last_error) else ''})"
     ) from last_error

@@ -7,8 +7,9 @@ With ``quantize="int8"`` the exported graph is quantized by ONNX Runtime's own d
 (``quantize_dynamic``, weights per output channel).
 
 The export (``torch.onnx.export``) runs once per model and is cached under ``$MINIST_CACHE/onnx`` (default
-``~/.cache/minist/onnx``), keyed by a fingerprint of the weights; each new export is checked against the
-torch model on a padded batch before it is used, as exports have been known to get padding wrong.
+``~/.cache/minist/onnx``; ``minist.packages.minist_cache``), keyed by a fingerprint of the weights; each new
+export is checked against the torch model on a padded batch before it is used, as exports have been known
+to get padding wrong.
 Needs the ``onnx`` extra: ``pip install "minist[onnx]"``.
 Left out: OpenVINO, GPU execution providers, static (calibrated) quantization.
 """
@@ -27,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from minist.cache import model_fingerprint
+from minist.packages import minist_cache
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -41,7 +43,7 @@ def import_onnxruntime():
 
 
 def cache_folder() -> Path:
-    return Path(os.environ.get("MINIST_CACHE", Path.home() / ".cache" / "minist")) / "onnx"
+    return minist_cache() / "onnx"
 
 
 class OnnxModel(nn.Module):
