@@ -73,3 +73,17 @@ def test_an_architecture_transformers_cannot_load_is_named(tmp_path, tiny_hf_dir
     (folder / "config.json").write_text(json.dumps({**config, "model_type": "quantum-bert"}))
     with pytest.raises(ValueError, match=r"quantum-bert.*transformers .* cannot load"):
         SentenceTransformer(folder)
+
+
+def test_only_bert_runs_on_the_from_scratch_model_and_the_others_run_through_transformers(family_dir):
+    """``backend="minist"`` is BERT's teaching twin; every other family, MPNet included, runs on transformers'
+    own class (MPNet would need its relative position buckets added to minist.bert: notebook 09's exercise)."""
+    family = SentenceTransformer(family_dir, device="cpu").transformers_model.config.model_type
+    if family == "bert":
+        assert SentenceTransformer(family_dir, device="cpu", backend="minist").transformers_model is None
+        return
+    with pytest.raises(ValueError, match=rf"'{family}' model; minist\.bert reads BERT only; load it with "
+                                         r"backend='hf'"):
+        SentenceTransformer(family_dir, device="cpu", backend="minist")
+    model = SentenceTransformer(family_dir, device="cpu")
+    assert type(model.transformers_model).__module__.startswith(f"transformers.models.{family.replace('-', '_')}.")
