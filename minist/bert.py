@@ -128,8 +128,8 @@ class BertModel(nn.Module):
         model_dir = Path(model_dir)
         config = SimpleNamespace(**json.loads((model_dir / "config.json").read_text()))
         if getattr(config, "model_type", None) != "bert":
-            raise ValueError(f"{model_dir} holds a {getattr(config, 'model_type', None)!r} model; "
-                             "minist.bert reads BERT only; load it with backend='hf' (transformers' model, the default).")
+            raise ValueError(f"{model_dir} holds a {getattr(config, 'model_type', None)!r} model; minist.bert reads "
+                             "BERT only; load it with backend='hf' (transformers' model, the default).")
         model = cls(config)
         state = load_file(model_dir / "model.safetensors")
         state = {name.removeprefix("bert."): value for name, value in state.items()}

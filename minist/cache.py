@@ -15,9 +15,11 @@ if it has one; ``search`` encodes queries with ``encode_query``). The folder hol
 
 What it guarantees, and how:
 
-- Nothing acknowledged is lost. ``add`` appends rows past the committed end, flushes them to disk, then
-  replaces ``meta.json`` atomically; only then does it return. A crash at any point leaves the rows of
-  every earlier ``add``; a half-written tail is ignored and overwritten by the next ``add``.
+- Nothing acknowledged is lost. ``add`` encodes ``chunk_size`` new texts at a time; for each chunk it
+  appends the rows past the committed end, flushes them to disk, then replaces ``meta.json`` atomically.
+  A crash (or ``kill -9``) at any point leaves every chunk committed before it; a half-written tail is
+  ignored and overwritten by the next ``add``. So a long job is resumable: run the same ``add`` again and
+  it encodes only the texts still missing.
 - Several writers (processes or threads) take turns: ``add`` holds an exclusive file lock (``filelock``)
   while it reads what others committed, encodes what is still new and appends it. A second writer waits
   for the first, then sees its rows, so no text is encoded or stored twice. Readers take no lock: they
@@ -41,7 +43,7 @@ import numpy as np
 import torch
 from filelock import FileLock
 
-from minist.inputs import text_list
+from minist.inputs import check_count, text_list
 from minist.search import semantic_search
 
 META_TYPES = {"model": (str, type(None)), "fingerprint": str, "normalize_embeddings": bool, "dimension": int,
@@ -130,29 +132,36 @@ class EmbeddingCache:
             return np.zeros(shape, np.float32)
         return np.memmap(self.folder / "embeddings.f32", dtype=np.float32, mode="c", shape=shape)
 
-    def add(self, texts: str | list[str]) -> int:
+    def add(self, texts: str | list[str], chunk_size: int | None = 1024, pool=None) -> int:
         """Encode and append the texts not cached yet (each once); returns how many were new.
 
         A string is one text, as in ``encode``. Texts that are not valid Unicode are refused before anything
-        is written (a ValueError naming the item).
+        is written (a ValueError naming the item). Every ``chunk_size`` new texts are committed as they are
+        encoded (None: all at once), so an interrupted ``add`` loses at most one chunk's work.
+        ``pool`` (from ``model.start_multi_process_pool()``) encodes each chunk in worker processes.
         """
         texts = text_list(texts)
+        check_count("chunk_size", chunk_size)
         self._check_model()
         with self._lock:
             self._refresh()  # rows that other writers committed since we last looked
             new = [t for t in dict.fromkeys(texts) if t not in self._row_of]
-            if not new:
-                return 0
-            vectors = self.model.encode_document(new, batch_size=self.batch_size, normalize_embeddings=self.meta[
-                "normalize_embeddings"], show_progress_bar=False).astype(np.float32)
-            lines = "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in new).encode("utf-8")
-            self._append("embeddings.f32", len(self) * self.meta["dimension"] * 4, vectors.tobytes())
-            self._append("texts.jsonl", self.meta["text_bytes"], lines)
-            meta = {**self.meta, "rows": len(self) + len(new), "text_bytes": self.meta["text_bytes"] + len(lines)}
-            self._commit(meta)  # the moment the rows count: until meta.json names them, they are not there
-            self._remember(new)
-            self.meta = meta
+            step = chunk_size or max(len(new), 1)
+            for start in range(0, len(new), step):
+                self._add_chunk(new[start:start + step], pool)
         return len(new)
+
+    def _add_chunk(self, new: list[str], pool) -> None:
+        """Encode ``new`` (texts not in the cache), append their rows and commit them."""
+        vectors = self.model.encode_document(new, batch_size=self.batch_size, pool=pool, normalize_embeddings=self.meta[
+            "normalize_embeddings"], show_progress_bar=False).astype(np.float32)
+        lines = "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in new).encode("utf-8")
+        self._append("embeddings.f32", len(self) * self.meta["dimension"] * 4, vectors.tobytes())
+        self._append("texts.jsonl", self.meta["text_bytes"], lines)
+        meta = {**self.meta, "rows": len(self) + len(new), "text_bytes": self.meta["text_bytes"] + len(lines)}
+        self._commit(meta)  # the moment the rows count: until meta.json names them, they are not there
+        self._remember(new)
+        self.meta = meta
 
     def search(self, queries: str | list[str], top_k: int = 10) -> list[list[dict]]:
         """Encode the queries and search the cache: per query, hits with ``corpus_id``, ``score`` and ``text``."""

@@ -131,6 +131,16 @@ print(len(set(clusters[:4])), len(set(clusters[4:])), points.shape)
 store = langchain_store(model, ["Mulch suppresses weeds.", "Stars are far away."])
 print(retrieval_chain(store, k=1).invoke("stop weeds").to_string().count("Mulch"))
 """, "1"),
+    "embed_files": ("""
+import json, pathlib, tempfile
+import numpy as np
+import pandas as pd
+folder = pathlib.Path(tempfile.mkdtemp())
+rows = [json.dumps({"id": i, "text": t}) for i, t in enumerate(["A cat.", "A dog."])]
+(folder / "in.jsonl").write_text("\\n".join(rows))
+out = embed_files("all-MiniLM-L6-v2", folder / "in.jsonl", folder / "out", concurrency=1)
+print(sorted(pd.read_parquet(out)["id"]), np.stack(pd.read_parquet(out)["embedding"].to_numpy()).shape)
+""", "[0, 1] (2, 384)"),
     "llama_index_retriever": (LOAD + """
 retriever = llama_index_retriever(model, ["Mulch suppresses weeds.", "Stars are far away."], top_k=1)
 print(retriever.retrieve("stop weeds")[0].node.get_content())
