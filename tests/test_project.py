@@ -83,6 +83,7 @@ def test_ci_runs_exactly_the_readme_commands():
                              text=True, check=True)
         assert run.stdout == block
     assert 'bash -c "$setup"' in ci and 'bash -c "$tests"' in ci
+    assert ci.index("export MINIST_REQUIRE_BROWSER=1") < ci.index('bash -c "$tests"'), "CI must not skip the browser"
 
 
 def copy_cells() -> list[tuple[str, str]]:
@@ -189,3 +190,67 @@ def test_every_recipe_takes_the_model_first():
                     item for item in node.body if isinstance(item, ast.FunctionDef) and item.name == "__init__")
                 names = [argument.arg for argument in function.args.args if argument.arg != "self"]
                 assert names[0] == "model", f"{notebook}: {node.name} takes {names[0]!r} first, not the model"
+
+
+NOTEBOOKS = sorted(p for p in ROOT.glob("notebooks/**/*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.relative_to(ROOT / "notebooks").as_posix())
+def test_notebook_is_committed_as_jupyterlab_saves_it_and_reads_right_unrun(path):
+    """Opening and saving a notebook in JupyterLab leaves ``git diff`` empty, and the committed outputs read
+    right before anything runs. (tests/test_lab_browser.py does the open and save in a real JupyterLab.)"""
+    import nbformat
+    from ipykernel.ipkernel import IPythonKernel
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    text = path.read_text(encoding="utf-8")
+    nb = json.loads(text)
+    spec = KernelSpecManager().get_kernel_spec("python3")  # ipykernel's, which JupyterLab writes on save
+    assert nb["metadata"]["kernelspec"] == {"display_name": spec.display_name, "language": spec.language,
+                                            "name": "python3"}
+    # The kernel's language_info, but its Python version, which is the machine's that last ran the notebook.
+    language_info = {k: v for k, v in nb["metadata"]["language_info"].items() if k != "version"}
+    assert language_info == {k: v for k, v in IPythonKernel.language_info.items() if k != "version"}
+    assert text == nbformat.writes(nbformat.reads(text, as_version=4)) + "\n", "not as jupyter_server writes"
+    def whole_floats(value):
+        if isinstance(value, dict):
+            value = list(value.values())
+        if isinstance(value, list):
+            return [f for v in value for f in whole_floats(v)]
+        return [value] if isinstance(value, float) and value.is_integer() else []
+
+    assert whole_floats(nb) == [], "JupyterLab's JSON.stringify writes 23.0 as 23"
+
+    saved = nb["metadata"].get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
+    for cell in nb["cells"]:
+        for output in cell.get("outputs", []):
+            view = output.get("data", {}).get("application/vnd.jupyter.widget-view+json")
+            if view is None:
+                continue
+            shown = "".join(output["data"]["text/plain"])  # what GitHub and an untrusted notebook show
+            assert view["model_id"] in saved, f"a widget view without its saved state: {shown}"
+            assert not shown.startswith("interactive("), "an interact cell's dead view"
+            assert re.search(r"\b100%\|", shown) or "%|" not in shown, f"an unfinished bar: {shown}"
+
+
+def test_execute_py_saves_bars_as_they_ended_and_no_interact_views(tmp_path):
+    """notebooks/execute.py runs a notebook in a real kernel; tqdm's bar is saved with the text tqdm itself gives
+    its last state (not the "0%" it had when it appeared), and an interact cell without its dead view."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+    from tqdm import tqdm
+
+    nb = new_notebook(cells=[
+        new_code_cell("from tqdm.auto import tqdm\nfor _ in tqdm(range(7), desc='Steps'):\n    pass"),
+        new_code_cell("import ipywidgets as widgets\ndef echo(text):\n    print(text)\n"
+                      "widgets.interact(echo, text=widgets.Text('typed'));"),
+    ])
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, path)
+    subprocess.run([sys.executable, str(ROOT / "notebooks" / "execute.py"), str(path)], check=True,
+                   capture_output=True, cwd=tmp_path)
+    bar, interact = nbformat.read(path, as_version=4).cells
+    shown = bar.outputs[0]["data"]["text/plain"]
+    assert shown.startswith(tqdm.format_meter(7, 7, 0, prefix="Steps").split(" [")[0] + " [")  # "Steps: 100%|█…| 7/7 ["
+    assert interact.outputs == []
+    assert json.loads(path.read_text())["metadata"]["kernelspec"]["display_name"] == "Python 3 (ipykernel)"  # ipykernel 6+
