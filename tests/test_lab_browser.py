@@ -9,7 +9,7 @@ Needs Chromium (Debian's `apt-get install chromium`; elsewhere MINIST_CHROMIUM=/
 for Python (the dev extra; never `playwright install`, which downloads a browser). Without them the tests are
 skipped with the reason, except where MINIST_REQUIRE_BROWSER=1 (.ci/run sets it): there they fail.
 
-    LAB_ALL_NOTEBOOKS=1   also open and run every notebook in the browser (about 15 minutes on 2 cores)
+    LAB_ALL_NOTEBOOKS=1   also open and run every notebook in the browser (13 minutes on 2 AVX-512 EPYC cores)
     LAB_SCREENSHOTS=dir   where screenshots of failures go (default test-artifacts/lab/)
     LAB_DOCS=1            write the README's screenshots into docs/
 """
@@ -110,9 +110,10 @@ def lab(tmp_path_factory):
         path.write_text(json.dumps(values))
     env = {**os.environ, "JUPYTER_CONFIG_DIR": str(base / "config"), "JUPYTER_RUNTIME_DIR": str(base / "runtime"),
            "JUPYTER_DATA_DIR": str(base / "data"), "IPYTHONDIR": str(base / "ipython")}
-    lab = Lab(root, f"http://127.0.0.1:{free_port()}/", secrets.token_hex(24))
+    port = free_port()
+    lab = Lab(root, f"http://127.0.0.1:{port}/", secrets.token_hex(24))
     command = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
-               f"--ServerApp.port={lab.url.rsplit(':', 1)[1].strip('/')}", "--ServerApp.port_retries=0",
+               f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
                f"--IdentityProvider.token={lab.token}", f"--ServerApp.root_dir={root}",
                f"--LabApp.user_settings_dir={base / 'settings'}", f"--LabApp.workspaces_dir={base / 'workspaces'}"]
     if os.geteuid() == 0:
@@ -343,7 +344,7 @@ def test_compare_box_scores_the_typed_model(page, lab):
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS if ALL else [pytest.param("", id="all", marks=pytest.mark.skip(
-    reason="LAB_ALL_NOTEBOOKS=1 runs every notebook in the browser (about 15 minutes)"))])
+    reason="LAB_ALL_NOTEBOOKS=1 runs every notebook in the browser (about 13 minutes)"))])
 def test_every_notebook_runs_in_the_browser(page, lab, notebook):
     open_notebook(page, lab, notebook)
     run_all(page)

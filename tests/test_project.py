@@ -253,4 +253,4 @@ def test_execute_py_saves_bars_as_they_ended_and_no_interact_views(tmp_path):
     shown = bar.outputs[0]["data"]["text/plain"]
     assert shown.startswith(tqdm.format_meter(7, 7, 0, prefix="Steps").split(" [")[0] + " [")  # "Steps: 100%|█…| 7/7 ["
     assert interact.outputs == []
-    assert json.loads(path.read_text())["metadata"]["kernelspec"]["display_name"] == "Python 3 (ipykernel)"  # ipykernel 6+
+    assert json.loads(path.read_text())["metadata"]["kernelspec"]["display_name"] == "Python 3 (ipykernel)"
