@@ -226,6 +226,18 @@ def assert_ran_cleanly(page, lab: Lab, notebook: str) -> None:
     assert [t for t in printed if "Traceback (most recent call last)" in t] == [], "a traceback printed (a thread's?)"
 
 
+def run_and_find_the_widget(page, lab: Lab, notebook: str):
+    """Open ``notebook``, Run All, check that it ran cleanly, and return its one live `interact` widget."""
+    from playwright.sync_api import expect
+
+    open_notebook(page, lab, notebook)
+    run_all(page)
+    assert_ran_cleanly(page, lab, notebook)
+    widget = page.locator(".widget-interact")
+    expect(widget).to_have_count(1)
+    return widget
+
+
 def type_into(page, box, text: str) -> None:
     """Empty ``box`` and type ``text`` into it key by key."""
     box.scroll_into_view_if_needed()
@@ -267,12 +279,7 @@ def test_token_box_shows_the_ids_of_what_is_typed(page, lab, real_model_dir):
     from playwright.sync_api import expect
     from transformers import AutoTokenizer
 
-    notebook = "notebooks/01_tokenization.ipynb"
-    open_notebook(page, lab, notebook)
-    run_all(page)
-    assert_ran_cleanly(page, lab, notebook)
-    widget = page.locator(".widget-interact")
-    expect(widget).to_have_count(1)
+    widget = run_and_find_the_widget(page, lab, "notebooks/01_tokenization.ipynb")
     reference = AutoTokenizer.from_pretrained(real_model_dir)  # transformers' own tokenizer for the model
 
     def tokens(text):
@@ -291,12 +298,7 @@ def test_search_box_finds_the_typed_question_and_the_slider_sets_the_rows(page, 
     from playwright.sync_api import expect
     from sentence_transformers import SentenceTransformer, util
 
-    notebook = "notebooks/04_semantic_search.ipynb"
-    open_notebook(page, lab, notebook)
-    run_all(page)
-    assert_ran_cleanly(page, lab, notebook)
-    widget = page.locator(".widget-interact")
-    expect(widget).to_have_count(1)
+    widget = run_and_find_the_widget(page, lab, "notebooks/04_semantic_search.ipynb")
     rows = widget.locator(".widget-output table tbody tr")
     expect(rows).to_have_count(5)  # top_k's default
 
@@ -322,12 +324,7 @@ def test_search_box_finds_the_typed_question_and_the_slider_sets_the_rows(page, 
 def test_compare_box_scores_the_typed_model(page, lab):
     from playwright.sync_api import expect
 
-    notebook = "notebooks/09_choosing_a_model.ipynb"
-    open_notebook(page, lab, notebook)
-    run_all(page)
-    assert_ran_cleanly(page, lab, notebook)
-    widget = page.locator(".widget-interact")
-    expect(widget).to_have_count(1)
+    widget = run_and_find_the_widget(page, lab, "notebooks/09_choosing_a_model.ipynb")
     # The Hub id of the model the notebook already scored as "all-MiniLM-L6-v2": the same scores must come back.
     name = "sentence-transformers/all-MiniLM-L6-v2"
     type_into(page, widget.locator("input"), name)
