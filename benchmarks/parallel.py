@@ -42,8 +42,8 @@ def ray_embed(ray, texts: list[str], actors: int, cores: int) -> tuple[np.ndarra
             return super().__call__(batch) | {"threads": np.full(len(batch["text"]), torch.get_num_threads())}
 
     rows = ray.data.from_items([{"i": i, "text": text} for i, text in enumerate(texts)]).map_batches(
-        ThreadsEmbedder, fn_constructor_kwargs={"model": MODEL, "device": "cpu"}, concurrency=actors,
-        num_cpus=cores // actors, batch_size=64).take_all()
+        ThreadsEmbedder, fn_constructor_kwargs={"model": MODEL, "device": "cpu"},
+        compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cores // actors, batch_size=64).take_all()
     rows.sort(key=lambda row: row["i"])
     return np.stack([row["embedding"] for row in rows]), int(rows[0]["threads"])
 

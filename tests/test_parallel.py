@@ -266,8 +266,9 @@ def test_ray_data_pipeline_writes_encodes_numbers_with_ids(ray_cluster, tiny, ti
 
     rows = [{"id": row["id"], "text": row["text"]} for row in CORPUS]  # 320 rows
     ray_cluster.data.from_items(rows).map_batches(
-        Embedder, fn_constructor_kwargs={"model": str(tiny_st_dir), "device": "cpu"}, concurrency=1, num_cpus=1,
-        batch_size=64).write_parquet(str(tmp_path / "out"))
+        Embedder, fn_constructor_kwargs={"model": str(tiny_st_dir), "device": "cpu"},
+        compute=ray_cluster.data.ActorPoolStrategy(size=1), num_cpus=1, batch_size=64,
+    ).write_parquet(str(tmp_path / "out"))
     table = pq.read_table(tmp_path / "out").to_pydict()
     got = {row_id: np.asarray(vector, np.float32) for row_id, vector in zip(table["id"], table["embedding"],
                                                                                  strict=True)}

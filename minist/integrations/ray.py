@@ -5,10 +5,10 @@
 >>> import ray  # doctest: +SKIP
 >>> ds = ray.data.read_json("corpus.jsonl")  # doctest: +SKIP
 >>> ds = ds.map_batches(Embedder, fn_constructor_kwargs={"model": "all-MiniLM-L6-v2"},  # doctest: +SKIP
-...                     concurrency=2, batch_size=256)
+...                     compute=ray.data.ActorPoolStrategy(size=2), batch_size=256)
 >>> ds.write_parquet("embeddings/")  # doctest: +SKIP
 
-Ray runs ``concurrency`` actors (processes, on one machine or a cluster); each builds one ``Embedder``, so
+Ray runs ``size`` actors (processes, on one machine or a cluster); each builds one ``Embedder``, so
 the model is loaded once per actor, and then gets batches of rows: a dict of numpy arrays (Ray's default) or
 a pandas DataFrame (``batch_format="pandas"``). The batch comes back with ``embedding_column`` added, one
 vector per row, float32 (or int8, ... as ``precision=`` asks); the other columns (ids) pass through untouched,
