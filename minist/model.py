@@ -16,13 +16,13 @@ Prompts: ``prompts={"query": "query: "}`` names texts to put before the inputs (
 are trained so); ``encode_query`` and ``encode_document`` pick the right one, and a model folder's
 ``config_sentence_transformers.json`` brings its own.
 Several processes or GPUs: ``start_multi_process_pool`` and ``encode(texts, pool=pool)`` (``minist.parallel``).
+Here are the arguments and the choices; the batch loop is ``minist.encoding``, writing the folder ``minist.saving``.
 Left out: the OpenVINO backend.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,23 +31,19 @@ from typing import Literal, get_args
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import transformers
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from minist import __version__
 from minist.cpu import choose_path, log_once
-from minist.dense import Dense
+from minist.encoding import AUTOCAST_DTYPES, as_results, empty_result, encode_texts
 from minist.hub import resolve_model_folder
 from minist.inputs import check_count, text_list
 from minist.loading import load_steps, output_dimension, read_model_config
-from minist.normalize import Normalize
 from minist.ort import onnx_model
 from minist.parallel import Pool, encode_in_pool, start_pool, stop_pool
 from minist.pooling import Pooling
-from minist.quantization import Precision, quantize_embeddings, quantize_linear_layers
-from minist.saving import save_folder, write_modules_json
+from minist.quantization import Precision, quantize_linear_layers
+from minist.saving import save_folder, write_model
 from minist.similarity import SimilarityFunction
 from minist.training import fit
 from minist.transformer import Backend, Transformer
@@ -55,17 +51,8 @@ from minist.transformer import Backend, Transformer
 logger = logging.getLogger("minist")
 
 Quantize = Literal["int8", "bf16", "fp16"]
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")  # encode_document takes the first the model has
-TRUNCATED = "%d of %d texts were longer than max_seq_length=%d tokens and were truncated."  # a pool sums them
 
-# The sentence-transformers class that modules.json names for each step minist writes.
-ST_TYPES = {
-    "Transformer": "sentence_transformers.models.Transformer",
-    "Pooling": "sentence_transformers.models.Pooling",
-    "Dense": "sentence_transformers.models.Dense",
-    "Normalize": "sentence_transformers.models.Normalize",
-}
 
 
 def default_device() -> str:
@@ -273,6 +260,7 @@ class SentenceTransformer(nn.Sequential):
         short texts go many to a batch and long ones few. ``batch_size`` also caps the texts per batch.
         ``pool`` (from ``start_multi_process_pool``), or ``device`` as a list of devices, encodes in worker
         processes, ``chunk_size`` texts at a time (``minist.parallel``); the result is the same within 1e-5.
+        The batch loop itself is ``minist.encoding.encode_texts``.
         """
         single = isinstance(sentences, str)
         texts = text_list(sentences)  # every item checked before any work
@@ -296,63 +284,24 @@ class SentenceTransformer(nn.Sequential):
             show_progress_bar = logger.getEffectiveLevel() <= logging.INFO
         if pool is not None or isinstance(device, list):  # worker processes encode chunks: minist.parallel
             if not texts:
-                return self._empty_result(output_value, convert_to_numpy, convert_to_tensor, truncate_dim)
+                return empty_result(truncate_dim or self.get_embedding_dimension(), self.device, output_value,
+                                    convert_to_numpy, convert_to_tensor)
             encoded = encode_in_pool(self, texts, pool or device, chunk_size, show_progress_bar, dict(
                 prompt=prompt or "", batch_size=batch_size, output_value=output_value, truncate_dim=truncate_dim,
                 normalize_embeddings=normalize_embeddings, max_batch_tokens=max_batch_tokens))
-            return self._results(encoded, single, output_value, convert_to_numpy, convert_to_tensor, precision)
+            return as_results(encoded, single, output_value, convert_to_numpy, convert_to_tensor, precision)
         if device is not None:
             self.to(self._usable_device(device))
         if max_batch_tokens is None:  # on a CPU, batches whose activations stay in the cache run fastest
             max_batch_tokens = 2048 if self.device.type == "cpu" else 16384  # (measured: notebook 08)
         self.eval()
         if not texts:
-            return self._empty_result(output_value, convert_to_numpy, convert_to_tensor, truncate_dim)
+            return empty_result(truncate_dim or self.get_embedding_dimension(), self.device, output_value,
+                                convert_to_numpy, convert_to_tensor)
 
-        # Tokenize once, unpadded, so batches can be formed by real token count (least padding).
-        rows = self[0].tokenize([prompt + text for text in texts] if prompt else texts, padding=False)
-        extra = {"prompt_length": self[0].prompt_length(prompt)} if prompt else {}  # Pooling may leave it out
-        cut = sum(bool(encoding.overflowing) for encoding in rows.encodings)
-        if cut:
-            logger.warning(TRUNCATED, cut, len(texts), self.max_seq_length)
-        batches = token_batches([len(ids) for ids in rows["input_ids"]], batch_size, max_batch_tokens)
-
-        tokens: list = [None] * len(texts)  # token_embeddings: one (tokens, dim) tensor per text
-        embeddings = None  # sentence_embedding: one (texts, dim) block, filled batch by batch
-        autocast = torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES.get(self.quantize),
-                                  enabled=self.quantize in AUTOCAST_DTYPES)
-        with torch.inference_mode(), autocast:
-            for batch in tqdm(batches, desc="Batches", disable=not show_progress_bar):
-                features = self[0].pad([{key: rows[key][i] for key in rows} for i in batch])
-                features = self({key: value.to(self.device) for key, value in features.items()} | extra)
-                if output_value == "token_embeddings":
-                    # Each text's own rows: trailing padding dropped, as sentence-transformers does.
-                    kept = features["attention_mask"].cumsum(dim=1).argmax(dim=1) + 1  # up to the last real token
-                    for i, text_tokens, n in zip(batch, features["token_embeddings"].float(), kept, strict=True):
-                        tokens[i] = text_tokens[:n]
-                else:
-                    outputs = features["sentence_embedding"][:, :truncate_dim].float()  # [:, :None] keeps all
-                    outputs = F.normalize(outputs, p=2, dim=1) if normalize_embeddings else outputs
-                    if embeddings is None:
-                        embeddings = outputs.new_empty(len(texts), outputs.shape[1])
-                    embeddings[batch] = outputs  # back in input order
-        encoded = tokens if output_value == "token_embeddings" else embeddings
-        return self._results(encoded, single, output_value, convert_to_numpy, convert_to_tensor, precision)
-
-    def _results(self, encoded, single: bool, output_value: str, convert_to_numpy: bool, convert_to_tensor: bool,
-                 precision: str):
-        """What ``encode`` returns, from the (texts, dim) tensor or the list of token tensors it computed."""
-        if output_value == "token_embeddings":
-            results = encoded
-        elif precision != "float32":
-            quantized = quantize_embeddings(encoded.cpu(), precision)
-            results = torch.from_numpy(quantized) if convert_to_tensor else (
-                quantized if convert_to_numpy else list(torch.from_numpy(quantized)))
-        elif convert_to_tensor:
-            results = encoded
-        else:
-            results = encoded.cpu().numpy() if convert_to_numpy else list(encoded)
-        return results[0] if single else results
+        encoded = encode_texts(self, texts, prompt, batch_size, max_batch_tokens, output_value, truncate_dim,
+                               normalize_embeddings, show_progress_bar)
+        return as_results(encoded, single, output_value, convert_to_numpy, convert_to_tensor, precision)
 
     # --- several processes: minist.parallel ----------------------------------------------------------
     def start_multi_process_pool(self, target_devices: list[str] | None = None) -> Pool:
@@ -383,14 +332,6 @@ class SentenceTransformer(nn.Sequential):
             raise ValueError(f"prompt_name {prompt_name!r} is not one of this model's prompts {list(self.prompts)}.")
         return self.prompts.get(prompt_name or self.default_prompt_name)
 
-    def _empty_result(self, output_value: str, convert_to_numpy: bool, convert_to_tensor: bool,
-                      truncate_dim: int | None):
-        """What ``encode([])`` returns: no rows, but the right type and width."""
-        dim = truncate_dim or self.get_embedding_dimension()
-        if output_value == "token_embeddings" or not (convert_to_numpy or convert_to_tensor):
-            return []
-        return torch.empty(0, dim, device=self.device) if convert_to_tensor else np.zeros((0, dim), np.float32)
-
     # --- save --------------------------------------------------------------------------------------
     def save(self, path: str | Path, safe_serialization: bool = True) -> None:
         """Write the model in sentence-transformers' layout, all or nothing (see ``minist.saving``).
@@ -401,44 +342,8 @@ class SentenceTransformer(nn.Sequential):
         if self.quantize == "int8" or self.backend == "onnx":
             raise ValueError("An int8-quantized or ONNX model cannot be saved (its torch weights are gone): save the "
                              "float32 model and load that with quantize='int8' or backend='onnx'.")
-        save_folder(functools.partial(self._write, safe_serialization=safe_serialization), path)
+        save_folder(functools.partial(write_model, self, safe_serialization=safe_serialization), path)
 
     save_pretrained = save  # sentence-transformers' other name for it
 
-    def _write(self, folder: Path, safe_serialization: bool) -> None:
-        steps = []
-        for idx, step in enumerate(self):
-            kind = type(step).__name__
-            path = "" if idx == 0 else f"{idx}_{kind}"
-            (folder / path).mkdir(exist_ok=True)
-            if isinstance(step, Dense):
-                step.save(folder / path, safe_serialization)
-            elif not isinstance(step, Normalize):
-                step.save(folder / path)
-            steps.append((path, ST_TYPES[kind]))
-        config = {
-            "__version__": {
-                "minist": __version__, "transformers": transformers.__version__, "pytorch": torch.__version__,
-            },
-            "prompts": self.prompts,
-            "default_prompt_name": self.default_prompt_name,
-            "similarity_fn_name": self.similarity_fn_name,
-        }
-        (folder / "config_sentence_transformers.json").write_text(json.dumps(config, indent=2))
-        write_modules_json(folder, steps)
 
-
-def token_batches(lengths: list[int], batch_size: int | None, max_batch_tokens: int) -> list[list[int]]:
-    """Text indices, longest first, cut into batches of at most ``batch_size`` texts (None: no limit) and
-    ``max_batch_tokens`` tokens once padded to the batch's longest (a text past the budget goes alone).
-
-    >>> token_batches([3, 9, 5, 4], batch_size=None, max_batch_tokens=10)
-    [[1], [2, 3], [0]]
-    """
-    batches: list[list[int]] = []
-    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):  # longest first: memory errors show early
-        batch = batches[-1] if batches else []
-        if not batch or len(batch) == batch_size or (len(batch) + 1) * lengths[batch[0]] > max_batch_tokens:
-            batches.append(batch := [])
-        batch.append(i)
-    return batches

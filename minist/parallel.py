@@ -55,6 +55,8 @@ import torch
 import torch.multiprocessing as mp
 from tqdm.auto import tqdm
 
+from minist.encoding import TRUNCATED
+
 logger = logging.getLogger("minist")
 POLL_SECONDS = 1.0  # how often a waiting caller checks that its workers are alive
 
@@ -172,8 +174,6 @@ def encode_in_pool(model, texts: list[str], pool: Pool | list[str], chunk_size: 
                             f"{min(len(texts), (chunk_id + 1) * chunk_size) - 1})")
             raise output
     if cut:
-        from minist.model import TRUNCATED  # here: minist.model imports this module
-
         logger.warning(TRUNCATED, cut, len(texts), model.max_seq_length)
     if encode_kwargs.get("output_value") == "token_embeddings":
         return [torch.from_numpy(tokens) for chunk in outputs for tokens in chunk]
@@ -210,7 +210,6 @@ def _exit_reason(exitcode: int | None) -> str:
 def _work(device: str, threads: int | None, model, inbox, outbox) -> None:
     """A worker's loop: take a chunk, encode it, send back (chunk_id, numpy result or exception, texts
     truncated); forever, until the pool terminates it."""
-    from minist.model import TRUNCATED
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the whole process group: the caller decides
     # stop_pool's SIGTERM: leave through SystemExit, so that multiprocessing's exit handlers release what this

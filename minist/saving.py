@@ -43,6 +43,13 @@ MODEL_FILES = {"modules.json", "config_sentence_transformers.json", "sentence_be
                "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt",
                "added_tokens.json", "sentencepiece.bpe.model", "spiece.model", "tokenizer.model",
                "generation_config.json", "chat_template.jinja"}
+# The sentence-transformers class that modules.json names for each step minist writes.
+ST_TYPES = {
+    "Transformer": "sentence_transformers.models.Transformer",
+    "Pooling": "sentence_transformers.models.Pooling",
+    "Dense": "sentence_transformers.models.Dense",
+    "Normalize": "sentence_transformers.models.Normalize",
+}
 STEP_FOLDER = re.compile(r"\d+_[A-Za-z]\w*")  # 1_Pooling, 2_Dense: the names sentence-transformers gives steps
 
 
@@ -59,6 +66,36 @@ def model_entries(folder: Path) -> set[str]:
 
 def is_model(folder: Path) -> bool:
     return (folder / "modules.json").is_file() or (folder / "config.json").is_file()
+
+
+def write_model(model, folder: Path, safe_serialization: bool = True) -> None:
+    """Write ``model`` (a ``SentenceTransformer``) into the empty ``folder``: each step's files in its
+    subfolder, ``config_sentence_transformers.json``, then ``modules.json``. ``save_folder`` makes it atomic."""
+    import torch
+    import transformers
+
+    from minist import __version__
+    from minist.dense import Dense
+    from minist.normalize import Normalize
+
+    steps = []
+    for idx, step in enumerate(model):
+        kind = type(step).__name__
+        path = "" if idx == 0 else f"{idx}_{kind}"
+        (folder / path).mkdir(exist_ok=True)
+        if isinstance(step, Dense):
+            step.save(folder / path, safe_serialization)
+        elif not isinstance(step, Normalize):
+            step.save(folder / path)
+        steps.append((path, ST_TYPES[kind]))
+    config = {
+        "__version__": {"minist": __version__, "transformers": transformers.__version__, "pytorch": torch.__version__},
+        "prompts": model.prompts,
+        "default_prompt_name": model.default_prompt_name,
+        "similarity_fn_name": model.similarity_fn_name,
+    }
+    (folder / "config_sentence_transformers.json").write_text(json.dumps(config, indent=2))
+    write_modules_json(folder, steps)
 
 
 def write_modules_json(folder: Path, steps: list[tuple[str, str]]) -> None:

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from minist import InputExample, SentenceTransformer, losses
 from minist.cpu import FAITHFUL, FEATURES, PATHS, choose_path, fastest_path, instruction_sets
-from minist.model import token_batches
+from minist.encoding import token_batches
 from minist.quantization import Int8Linear, quantize_linear_layers, quantize_rows
 
 

@@ -1,0 +1,106 @@
+"""Texts -> embeddings, batch by batch: the loop inside ``SentenceTransformer.encode``.
+
+``encode`` checks its arguments, then calls ``encode_texts`` here, which:
+
+1. tokenizes every text once, unpadded (with the prompt in front, if any), so their lengths are known;
+2. cuts the texts into batches by token count (``token_batches``): longest first, each batch padded only to
+   its own longest text and holding at most ``max_batch_tokens`` tokens that way, so little is spent on
+   padding (notebook 08 measures it);
+3. runs each batch through the model's steps, under ``torch.autocast`` when the model runs in bf16 or fp16;
+4. puts each batch's vectors back in input order.
+
+``as_results`` then gives them the type ``encode`` promises (numpy, a tensor, a list; quantized with
+``precision=``). sentence-transformers sorts by character length and pads batches of a fixed count instead;
+the numbers are the same.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from minist.quantization import quantize_embeddings
+
+logger = logging.getLogger("minist")
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+TRUNCATED = "%d of %d texts were longer than max_seq_length=%d tokens and were truncated."  # a pool sums them
+
+
+def token_batches(lengths: list[int], batch_size: int | None, max_batch_tokens: int) -> list[list[int]]:
+    """Text indices, longest first, cut into batches of at most ``batch_size`` texts (None: no limit) and
+    ``max_batch_tokens`` tokens once padded to the batch's longest (a text past the budget goes alone).
+
+    >>> token_batches([3, 9, 5, 4], batch_size=None, max_batch_tokens=10)
+    [[1], [2, 3], [0]]
+    """
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):  # longest first: memory errors show early
+        batch = batches[-1] if batches else []
+        if not batch or len(batch) == batch_size or (len(batch) + 1) * lengths[batch[0]] > max_batch_tokens:
+            batches.append(batch := [])
+        batch.append(i)
+    return batches
+
+
+def encode_texts(model, texts: list[str], prompt: str | None, batch_size: int | None, max_batch_tokens: int,
+                 output_value: str, truncate_dim: int | None, normalize_embeddings: bool,
+                 show_progress_bar: bool) -> Tensor | list[Tensor]:
+    """A (texts, dim) float32 tensor of sentence embeddings in input order, or with
+    ``output_value="token_embeddings"`` one (tokens, dim) tensor per text. ``texts`` is not empty."""
+    rows = model[0].tokenize([prompt + text for text in texts] if prompt else texts, padding=False)
+    extra = {"prompt_length": model[0].prompt_length(prompt)} if prompt else {}  # Pooling may leave it out
+    cut = sum(bool(encoding.overflowing) for encoding in rows.encodings)
+    if cut:
+        logger.warning(TRUNCATED, cut, len(texts), model.max_seq_length)
+    batches = token_batches([len(ids) for ids in rows["input_ids"]], batch_size, max_batch_tokens)
+
+    tokens: list = [None] * len(texts)  # token_embeddings: one (tokens, dim) tensor per text
+    embeddings = None  # sentence_embedding: one (texts, dim) block, filled batch by batch
+    autocast = torch.autocast(model.device.type, dtype=AUTOCAST_DTYPES.get(model.quantize),
+                              enabled=model.quantize in AUTOCAST_DTYPES)
+    with torch.inference_mode(), autocast:
+        for batch in tqdm(batches, desc="Batches", disable=not show_progress_bar):
+            features = model[0].pad([{key: rows[key][i] for key in rows} for i in batch])
+            features = model({key: value.to(model.device) for key, value in features.items()} | extra)
+            if output_value == "token_embeddings":
+                # Each text's own rows: trailing padding dropped, as sentence-transformers does.
+                kept = features["attention_mask"].cumsum(dim=1).argmax(dim=1) + 1  # up to the last real token
+                for i, text_tokens, n in zip(batch, features["token_embeddings"].float(), kept, strict=True):
+                    tokens[i] = text_tokens[:n]
+            else:
+                outputs = features["sentence_embedding"][:, :truncate_dim].float()  # [:, :None] keeps all
+                outputs = F.normalize(outputs, p=2, dim=1) if normalize_embeddings else outputs
+                if embeddings is None:
+                    embeddings = outputs.new_empty(len(texts), outputs.shape[1])
+                embeddings[batch] = outputs  # back in input order
+    return tokens if output_value == "token_embeddings" else embeddings
+
+
+def as_results(encoded, single: bool, output_value: str, convert_to_numpy: bool, convert_to_tensor: bool,
+               precision: str):
+    """What ``encode`` returns, from the (texts, dim) tensor or the list of token tensors it computed."""
+    if output_value == "token_embeddings":
+        results = encoded
+    elif precision != "float32":
+        quantized = quantize_embeddings(encoded.cpu(), precision)
+        results = torch.from_numpy(quantized) if convert_to_tensor else (
+            quantized if convert_to_numpy else list(torch.from_numpy(quantized)))
+    elif convert_to_tensor:
+        results = encoded
+    else:
+        results = encoded.cpu().numpy() if convert_to_numpy else list(encoded)
+    return results[0] if single else results
+
+
+def empty_result(dim: int, device: torch.device, output_value: str, convert_to_numpy: bool,
+                 convert_to_tensor: bool):
+    """What ``encode([])`` returns: no rows, but the right type and width."""
+    if output_value == "token_embeddings" or not (convert_to_numpy or convert_to_tensor):
+        return []
+    return torch.empty(0, dim, device=device) if convert_to_tensor else np.zeros((0, dim), np.float32)
