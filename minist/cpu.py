@@ -15,6 +15,7 @@ missing instructions; bf16 and fp16 on a CPU without their units run float32, wi
 is in ``model.quantize``, ``model.backend`` and ``repr(model)``, and is logged once.
 ``fastest_path`` times every path on a few hundred of your texts and picks the fastest one that stays
 faithful to float32. It is never the default: speed is the machine's, so you measure and then choose.
+``fresh_process_cost`` gives a path's load time and peak memory, measured in a fresh Python.
 Left out: ARM's int8 and bf16 instructions (i8mm, SVE): there int8 takes ONNX Runtime and bf16 float32.
 """
 
@@ -22,9 +23,12 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import json
 import logging
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,3 +181,42 @@ def fastest_path(model_name_or_path: str | Path, texts: list[str], sts: tuple | 
     features = ", ".join(name for name, present in instruction_sets().items() if present) or "none of " + \
         ", ".join(FEATURES)
     return PathReport(rows, PATHS[best["runs"]], f"{cpu_name()} ({features})")
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory, in MB, since its program started (Linux's VmHWM).
+
+    Not ``resource.getrusage``'s ru_maxrss: Linux carries that across fork and exec, so a process started by a
+    large parent (a notebook kernel) would report the parent's size.
+    """
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) / 1024  # kB
+
+
+# Run by fresh_process_cost in a new Python: the request comes on stdin, the costs go out as the last line.
+_COST_SCRIPT = """
+import json, sys, time
+request = json.load(sys.stdin)
+start = time.perf_counter()
+from minist import SentenceTransformer
+from minist.cpu import peak_rss_mb
+model = SentenceTransformer(request["model"], device="cpu", **request["options"])
+seconds = time.perf_counter() - start
+model.encode(request["texts"])
+print(json.dumps({"load (s)": seconds, "peak RSS (MB)": peak_rss_mb()}))
+"""
+
+
+def fresh_process_cost(model_name_or_path: str | Path, texts: list[str], **options) -> dict[str, float]:
+    """``{"load (s)": ..., "peak RSS (MB)": ...}`` of a fresh Python that imports minist, loads the model with
+    ``options`` (``backend=``, ``quantize=``) and encodes ``texts``: what a job doing only that would cost.
+
+    A fresh process, because a process's high-water mark only rises: this one's holds all that ran before.
+    Several can run at once (``ThreadPoolExecutor().map``); each process has its own mark. Linux only.
+    """
+    request = json.dumps({"model": str(model_name_or_path), "options": options, "texts": list(texts)})
+    run = subprocess.run([sys.executable, "-c", _COST_SCRIPT], input=request, capture_output=True, text=True)
+    if run.returncode != 0:
+        raise RuntimeError(f"loading and encoding {model_name_or_path!r} with {options} failed in a fresh "
+                           f"process:\n{run.stderr[-2000:]}")
+    return json.loads(run.stdout.splitlines()[-1])

@@ -2,6 +2,8 @@
 
 import logging
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,7 @@ from test_real_model import SENTENCES
 from torch.utils.data import DataLoader
 
 from minist import InputExample, SentenceTransformer, losses
-from minist.cpu import FAITHFUL, FEATURES, PATHS, choose_path, fastest_path, instruction_sets
+from minist.cpu import FAITHFUL, FEATURES, PATHS, choose_path, fastest_path, fresh_process_cost, instruction_sets
 from minist.encoding import token_batches
 from minist.quantization import Int8Linear, quantize_linear_layers, quantize_rows
 
@@ -215,6 +217,23 @@ def test_fastest_path_times_every_path_and_keeps_the_faithful(tiny_st_dir, onnx_
     fastest = max((row for row in report.rows if row["faithful"]), key=lambda row: row["texts/s"])
     assert report.best == PATHS[fastest["runs"]] and report.rows[0]["speed-up"] == 1.0
     assert "AVX2" in str(report) and "onnx int8" in str(report)
+
+
+def test_peak_rss_is_the_high_water_mark():
+    """In a fresh Python, touching 300 MB raises the peak by about 300 MB, and freeing them does not lower it."""
+    script = ("import numpy as np\nfrom minist.cpu import peak_rss_mb\nbefore = peak_rss_mb()\n"
+              "block = np.ones(300 * 2**20, np.uint8)\ndel block\nprint(before, peak_rss_mb())")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    before, after = map(float, run.stdout.split())
+    assert 295 <= after - before <= 330
+
+
+def test_fresh_process_cost_measures_a_new_python_and_names_its_failure(tiny_st_dir):
+    cost = fresh_process_cost(tiny_st_dir, TINY_SENTENCES)
+    assert set(cost) == {"load (s)", "peak RSS (MB)"}
+    assert cost["load (s)"] > 0 and cost["peak RSS (MB)"] > 100  # torch and transformers alone weigh more
+    with pytest.raises(RuntimeError, match=r"(?s)'nope'.*failed in a fresh process.*backend"):  # options reach it
+        fresh_process_cost(tiny_st_dir, TINY_SENTENCES, backend="nope")
 
 
 # --- the ONNX Runtime backend ---------------------------------------------------------------------------
