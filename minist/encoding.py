@@ -12,6 +12,7 @@
 ``as_results`` then gives them the type ``encode`` promises (numpy, a tensor, a list; quantized with
 ``precision=``). sentence-transformers sorts by character length and pads batches of a fixed count instead;
 the numbers are the same.
+Left out: sentence-transformers' ``output_value=None`` (every feature of every text, as dicts).
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ Prompts: ``prompts={"query": "query: "}`` names texts to put before the inputs (
 are trained so); ``encode_query`` and ``encode_document`` pick the right one, and a model folder's
 ``config_sentence_transformers.json`` brings its own.
 Several processes or GPUs: ``start_multi_process_pool`` and ``encode(texts, pool=pool)`` (``minist.parallel``).
-Here are the arguments and the choices; the batch loop is ``minist.encoding``, writing the folder ``minist.saving``.
+This module checks the arguments and picks the path; the batch loop is in ``minist.encoding``, the folder
+writing in ``minist.saving``.
 Left out: the OpenVINO backend.
 """
 

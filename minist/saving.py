@@ -36,6 +36,13 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+import transformers
+
+from minist import __version__
+from minist.dense import Dense
+from minist.normalize import Normalize
+
 # The files a model folder may hold (besides the step subfolders that its modules.json lists). README.md is
 # not among them: minist writes none, so a README there is yours and is kept.
 MODEL_FILES = {"modules.json", "config_sentence_transformers.json", "sentence_bert_config.json", "config.json",
@@ -71,13 +78,6 @@ def is_model(folder: Path) -> bool:
 def write_model(model, folder: Path, safe_serialization: bool = True) -> None:
     """Write ``model`` (a ``SentenceTransformer``) into the empty ``folder``: each step's files in its
     subfolder, ``config_sentence_transformers.json``, then ``modules.json``. ``save_folder`` makes it atomic."""
-    import torch
-    import transformers
-
-    from minist import __version__
-    from minist.dense import Dense
-    from minist.normalize import Normalize
-
     steps = []
     for idx, step in enumerate(model):
         kind = type(step).__name__

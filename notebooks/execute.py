@@ -18,6 +18,8 @@ So before writing, `tidy`:
 
 The file is written as JupyterLab saves it (whole numbers without ".0", nbformat's one-space indent and
 sorted keys, a final newline), so opening and saving it in JupyterLab changes nothing.
+Left out: widgets other than `interact` and tqdm's bar keep their saved views as they are (these notebooks
+have no others), and the Python version in `language_info` stays the one of the machine that ran it.
 """
 
 from __future__ import annotations

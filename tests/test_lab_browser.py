@@ -270,7 +270,6 @@ def test_first_open_reads_right_and_saving_changes_nothing(page, lab, notebook):
     text = page.locator(".jp-Notebook").inner_text()
     assert not FALLBACKS.findall(text), "a reader sees widget fallbacks or unfinished bars"
     if notebook == "notebooks/00_quickstart.ipynb":
-        page.locator(".jp-NotebookPanel").screenshot()  # let fonts settle before the shot
         docs_shot(page.locator(".jp-NotebookPanel"), "lab_00_quickstart.png")
     save(page, lab, notebook)
     assert (lab.root / notebook).read_bytes() == (ROOT / notebook).read_bytes(), "open and save changed the file"

@@ -212,6 +212,7 @@ def test_notebook_is_committed_as_jupyterlab_saves_it_and_reads_right_unrun(path
     language_info = {k: v for k, v in nb["metadata"]["language_info"].items() if k != "version"}
     assert language_info == {k: v for k, v in IPythonKernel.language_info.items() if k != "version"}
     assert text == nbformat.writes(nbformat.reads(text, as_version=4)) + "\n", "not as jupyter_server writes"
+
     def whole_floats(value):
         if isinstance(value, dict):
             value = list(value.values())
