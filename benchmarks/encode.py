@@ -96,7 +96,7 @@ def child(path: str, folder: str, batch_size: int) -> None:
 def peak_rss_mb() -> float:
     """This process's peak resident memory since it started its program (VmHWM).
 
-    minist.cpu.peak_rss_mb, copied: importing minist would add to the sentence-transformers side's figure.
+    minist.measure.peak_rss_mb, copied: importing minist would add to the sentence-transformers side's figure.
 
     Not ``getrusage``'s ru_maxrss: Linux carries that across fork and exec, so a child started by this big
     parent would report the parent's size.

@@ -4,7 +4,9 @@ The familiar API of sentence-transformers: ``SentenceTransformer``, ``util.cos_s
 ``losses``, ``evaluation``, ``SentenceTransformerTrainer``, ...
 """
 
-__version__ = "0.1.0"
+import importlib.metadata
+
+__version__ = importlib.metadata.version("minist")  # one source: pyproject.toml
 
 from minist import evaluation, losses, util
 from minist.model import SentenceTransformer

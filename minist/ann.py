@@ -20,6 +20,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from minist.inputs import as_matrix, check_count, check_finite
 from minist.quantization import (
     dequantize_int8,
     hamming_top_k,
@@ -27,7 +28,7 @@ from minist.quantization import (
     quantize_embeddings,
     unpack_binary,
 )
-from minist.search import as_matrix, check_finite, check_top_k, semantic_search
+from minist.search import semantic_search
 from minist.similarity import dot_score, normalize_embeddings
 
 
@@ -83,9 +84,8 @@ class VectorIndex:
 
         ``top_k=0`` gives empty lists and no queries ``[]``; a negative ``top_k`` or a NaN query is a ValueError.
         """
-        check_top_k(top_k)
-        if isinstance(rescore_multiplier, bool) or not isinstance(rescore_multiplier, int) or rescore_multiplier < 1:
-            raise ValueError(f"rescore_multiplier must be a whole number, 1 or more, not {rescore_multiplier!r}.")
+        check_count("top_k", top_k, least=0)
+        check_count("rescore_multiplier", rescore_multiplier)
         queries = as_matrix(query_embeddings, "query_embeddings")
         check_finite(queries, "query_embeddings")
         queries = normalize_embeddings(queries).numpy()

@@ -7,9 +7,13 @@ The submodules carry the names of transformers' ``BertModel``, so its ``model.sa
 Leaves out: dropout (this is for inference), the pooler, relative position embeddings, caching,
 cross-attention and decoder use.
 
->>> bert = BertModel.from_pretrained(model_dir)  # doctest: +SKIP
->>> bert(input_ids, attention_mask).shape  # doctest: +SKIP
-torch.Size([2, 9, 384])
+>>> from transformers import AutoTokenizer
+>>> from minist.hub import resolve_model_folder
+>>> folder = resolve_model_folder("all-MiniLM-L6-v2")
+>>> batch = AutoTokenizer.from_pretrained(folder)(["A cat sleeps.", "A kitten naps on the mat."], padding=True,
+...                                               return_tensors="pt")
+>>> BertModel.from_pretrained(folder)(batch["input_ids"], batch["attention_mask"]).shape  # (texts, tokens, dim)
+torch.Size([2, 10, 384])
 """
 
 from __future__ import annotations

@@ -80,8 +80,10 @@ def model_state(model) -> tuple:
 class EmbeddingCache:
     """The texts and embeddings of one corpus, made by one model, kept in ``folder``.
 
-    >>> cache = EmbeddingCache("corpus_cache", model)  # doctest: +SKIP
-    >>> cache.add(["A cat sleeps.", "A kitten naps."]), cache.embeddings.shape  # doctest: +SKIP
+    >>> import tempfile
+    >>> from minist import SentenceTransformer
+    >>> cache = EmbeddingCache(tempfile.mkdtemp(), SentenceTransformer("all-MiniLM-L6-v2", device="cpu"))
+    >>> cache.add(["A cat sleeps.", "A kitten naps."]), cache.embeddings.shape
     (2, (2, 384))
     """
 
@@ -141,7 +143,7 @@ class EmbeddingCache:
         ``pool`` (from ``model.start_multi_process_pool()``) encodes each chunk in worker processes.
         """
         texts = text_list(texts)
-        check_count("chunk_size", chunk_size)
+        check_count("chunk_size", chunk_size, optional=True)
         self._check_model()
         with self._lock:
             self._refresh()  # rows that other writers committed since we last looked
@@ -194,8 +196,13 @@ class EmbeddingCache:
             raise DamagedCacheError(f"{path} is damaged: it holds a {type(meta).__name__}, not a JSON object.")
         for key, kind in META_TYPES.items():
             value = meta.get(key)
-            if not isinstance(value, kind) or (kind is int and (isinstance(value, bool) or value < 0)):
-                raise DamagedCacheError(f"{path} is damaged: {key!r} is {value!r}.")
+            try:
+                if kind is int:
+                    check_count(key, value, least=0)
+                elif not isinstance(value, kind):
+                    raise TypeError(f"{key} is {value!r}")
+            except (TypeError, ValueError) as error:
+                raise DamagedCacheError(f"{path} is damaged: {error}") from None
         for name, needed in (("embeddings.f32", meta["rows"] * meta["dimension"] * 4),
                              ("texts.jsonl", meta["text_bytes"])):
             size = (self.folder / name).stat().st_size if (self.folder / name).is_file() else None

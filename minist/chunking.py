@@ -14,12 +14,11 @@ give no character offsets.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from minist.inputs import check_text
+from minist.inputs import check_count, check_text
 
 
 @dataclass(frozen=True)
@@ -34,19 +33,12 @@ def window_width(tokenizer, max_tokens: int, overlap: int) -> int:
     if not getattr(tokenizer, "is_fast", False):  # only the Rust tokenizers give character offsets
         raise TypeError(f"tokenizer must be a fast Hugging Face tokenizer (model.tokenizer), which gives character "
                         f"offsets; got a {type(tokenizer).__name__}.")
-    for name, value in (("max_tokens", max_tokens), ("overlap", overlap)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise ValueError(f"{name} must be an int, not {type(value).__name__} {value!r:.40}.")
     special = tokenizer.num_special_tokens_to_add()  # [CLS] ... [SEP]
-    if max_tokens <= special:
-        raise ValueError(f"max_tokens={max_tokens} leaves no room for text beside the tokenizer's {special} special "
-                         f"tokens; it must be at least {special + 1}.")
-    if max_tokens > tokenizer.model_max_length:  # the model would truncate each chunk, the very thing to avoid
-        raise ValueError(f"max_tokens={max_tokens} is more than the model reads (tokenizer.model_max_length="
-                         f"{tokenizer.model_max_length}).")
+    # Past model_max_length the model would truncate each chunk, the very thing to avoid.
+    check_count("max_tokens", max_tokens, least=special + 1, most=tokenizer.model_max_length,
+                what=f"room for text beside the {special} special tokens, and no more than the model reads")
     width = max_tokens - special
-    if not 0 <= overlap < width:
-        raise ValueError(f"overlap must be at least 0 and below {width} (the tokens a chunk holds), not {overlap}.")
+    check_count("overlap", overlap, least=0, most=width - 1, what=f"below the {width} tokens a chunk holds")
     return width
 
 
@@ -68,8 +60,12 @@ def chunk_text(text: str, tokenizer, max_tokens: int, overlap: int = 32,
     ``boundary="sentence"`` ends each chunk at a sentence end where one fits (then neighbours share at most
     ``overlap`` tokens, starting at a sentence start where there is one).
 
-    >>> chunk_text(long_text, model.tokenizer, model.max_seq_length)  # doctest: +SKIP
-    [Chunk(text='...', start=0, end=1204), Chunk(text='...', start=1075, end=2230), ...]
+    >>> from transformers import AutoTokenizer
+    >>> from minist.hub import resolve_model_folder
+    >>> tokenizer = AutoTokenizer.from_pretrained(resolve_model_folder("all-MiniLM-L6-v2"))
+    >>> chunks = chunk_text("One cat sleeps. Two dogs run. Birds sing.", tokenizer, 8, overlap=0, boundary="sentence")
+    >>> [chunk.text for chunk in chunks], (chunks[1].start, chunks[1].end)  # text == original[start:end]
+    (['One cat sleeps.', 'Two dogs run.', 'Birds sing.'], (16, 29))
     """
     check_text(text, "text")
     width = window_width(tokenizer, max_tokens, overlap)

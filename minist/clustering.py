@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from minist.search import as_matrix, check_finite
-from minist.similarity import ArrayLike, normalize_embeddings
+from minist.inputs import ArrayLike, as_matrix, check_finite
+from minist.similarity import normalize_embeddings
 
 
 def community_detection(embeddings: ArrayLike, threshold: float = 0.75, min_community_size: int = 10,

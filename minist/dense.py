@@ -3,39 +3,58 @@
 Some sentence-transformers models (e.g. LaBSE, the sentence-t5 family) end with a ``Dense`` module
 that projects the pooled vector to another size. Its folder holds ``config.json``
 (``in_features``, ``out_features``, ``bias``, ``activation_function``) and the ``linear`` weights.
-A config that does not fit its weights is named with both shapes.
-Left out: ``use_residual`` and activation functions outside ``torch.nn`` (or that take arguments).
+A config that does not fit its weights is named with both shapes. Loading follows upstream: keys that are
+not ``Dense``'s are ignored with a warning, and an activation outside ``torch`` falls back to Tanh with one.
+Left out: ``use_residual``, other input and output features, and activations that take arguments: a
+folder that uses them is refused by name.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import logging
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from minist.hub import json_field, read_json
+from minist.inputs import check_count, json_field, read_json
+
+logger = logging.getLogger("minist")
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+TANH = nn.Tanh()  # sentence-transformers' default; stateless, so one instance serves every Dense
+
+
+# The constructor arguments of upstream's Dense; a config key outside them is ignored, as upstream ignores it.
+UPSTREAM_KEYS = {"in_features", "out_features", "bias", "activation_function", "init_weight", "init_bias",
+                 "module_input_name", "module_output_name", "use_residual"}
+# What minist's Dense does (on the sentence embedding, no residual): a config that asks for more is refused.
+LEFT_OUT = {"use_residual": (False,), "module_input_name": ("sentence_embedding",),
+            "module_output_name": (None, "sentence_embedding")}
 
 
 def activation_from_name(name: str) -> nn.Module:
-    """``"torch.nn.modules.activation.Tanh"`` -> ``nn.Tanh()``; only classes from ``torch.nn`` are built."""
+    """``"torch.nn.modules.activation.Tanh"`` -> ``nn.Tanh()``, as upstream builds it without remote code: a
+    path outside ``torch`` gives Tanh with a warning; a ``torch`` path that is not an ``nn.Module`` is refused."""
+    if not name.startswith("torch."):
+        logger.warning(f"Activation function path '{name}' is not trusted, falling back to the default activation "
+                       "function (Tanh). minist builds activation functions from torch only.")
+        return TANH
     module_name, _, class_name = name.rpartition(".")
     try:
-        cls = getattr(importlib.import_module(module_name), class_name, None) if name.startswith("torch.nn.") else None
-        if isinstance(cls, type) and issubclass(cls, nn.Module):
-            return cls()
-    except (ImportError, TypeError):  # no such torch.nn module, or a class that needs arguments (nn.Linear)
-        pass
-    raise ValueError(f"Unsupported activation_function {name!r}: minist builds only torch.nn modules that take "
-                     "no arguments.")
-
-
-TANH = nn.Tanh()  # sentence-transformers' default; stateless, so one instance serves every Dense
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"Unsupported activation_function {name!r}: torch has no such name.") from error
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ValueError(f"Activation function {name!r} must be a torch.nn.Module class when trust_remote_code=False.")
+    try:
+        return cls()
+    except TypeError as error:  # a class that needs arguments (nn.Linear)
+        raise ValueError(f"Unsupported activation_function {name!r}: minist builds only torch.nn modules that take "
+                         "no arguments.") from error
 
 
 class Dense(nn.Module):
@@ -60,9 +79,16 @@ class Dense(nn.Module):
         folder = Path(folder)
         path = folder / "config.json"
         config = read_json(path)
+        if unknown := sorted(set(config) - UPSTREAM_KEYS):
+            logger.warning(f"Ignoring unrecognized Dense config key(s) {unknown} from {str(folder)!r}: not "
+                           "constructor parameters of Dense.")
+        for key, allowed in LEFT_OUT.items():
+            if key in config and config[key] not in allowed:
+                raise ValueError(f"{path}: {key}={config[key]!r}, which minist's Dense leaves out; load this model "
+                                 "with sentence-transformers.")
         sizes = [json_field(config, key, int, path) for key in ("in_features", "out_features")]
-        if min(sizes) < 1:
-            raise ValueError(f"{path}: in_features and out_features must be at least 1, not {sizes}.")
+        for key, size in zip(("in_features", "out_features"), sizes, strict=True):
+            check_count(f"{path}: {key}", size)
         name = json_field(config, "activation_function", str, path, "torch.nn.modules.activation.Tanh")
         try:
             activation = activation_from_name(name)

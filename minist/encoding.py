@@ -12,7 +12,7 @@
 ``as_results`` then gives them the type ``encode`` promises (numpy, a tensor, a list; quantized with
 ``precision=``). sentence-transformers sorts by character length and pads batches of a fixed count instead;
 the numbers are the same.
-Left out: sentence-transformers' ``output_value=None`` (every feature of every text, as dicts).
+Left out: a text's features padded to its batch's longest (``output_value=None`` gives each text its own).
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ def encode_texts(model, texts: list[str], prompt: str | None, batch_size: int | 
                  output_value: str, truncate_dim: int | None, normalize_embeddings: bool,
                  show_progress_bar: bool) -> Tensor | list[Tensor]:
     """A (texts, dim) float32 tensor of sentence embeddings in input order, or with
-    ``output_value="token_embeddings"`` one (tokens, dim) tensor per text. ``texts`` is not empty."""
+    ``output_value="token_embeddings"`` one (tokens, dim) tensor per text, or with None one dict of every
+    feature per text (``text_features``). ``texts`` is not empty."""
     rows = model[0].tokenize([prompt + text for text in texts] if prompt else texts, padding=False)
     extra = {"prompt_length": model[0].prompt_length(prompt)} if prompt else {}  # Pooling may leave it out
     cut = sum(bool(encoding.overflowing) for encoding in rows.encodings)
@@ -61,7 +62,7 @@ def encode_texts(model, texts: list[str], prompt: str | None, batch_size: int | 
         logger.warning(TRUNCATED, cut, len(texts), model.max_seq_length)
     batches = token_batches([len(ids) for ids in rows["input_ids"]], batch_size, max_batch_tokens)
 
-    tokens: list = [None] * len(texts)  # token_embeddings: one (tokens, dim) tensor per text
+    tokens: list = [None] * len(texts)  # token_embeddings or None: one tensor or dict per text
     embeddings = None  # sentence_embedding: one (texts, dim) block, filled batch by batch
     autocast = torch.autocast(model.device.type, dtype=AUTOCAST_DTYPES.get(model.quantize),
                               enabled=model.quantize in AUTOCAST_DTYPES)
@@ -69,24 +70,42 @@ def encode_texts(model, texts: list[str], prompt: str | None, batch_size: int | 
         for batch in tqdm(batches, desc="Batches", disable=not show_progress_bar):
             features = model[0].pad([{key: rows[key][i] for key in rows} for i in batch])
             features = model({key: value.to(model.device) for key, value in features.items()} | extra)
-            if output_value == "token_embeddings":
+            if output_value != "sentence_embedding":
                 # Each text's own rows: trailing padding dropped, as sentence-transformers does.
                 kept = features["attention_mask"].cumsum(dim=1).argmax(dim=1) + 1  # up to the last real token
-                for i, text_tokens, n in zip(batch, features["token_embeddings"].float(), kept, strict=True):
-                    tokens[i] = text_tokens[:n]
+                for row, (i, n) in enumerate(zip(batch, kept.tolist(), strict=True)):
+                    tokens[i] = features["token_embeddings"][row, :n].float() if output_value else \
+                        text_features(features, row, n, truncate_dim)
             else:
                 outputs = features["sentence_embedding"][:, :truncate_dim].float()  # [:, :None] keeps all
                 outputs = F.normalize(outputs, p=2, dim=1) if normalize_embeddings else outputs
                 if embeddings is None:
                     embeddings = outputs.new_empty(len(texts), outputs.shape[1])
                 embeddings[batch] = outputs  # back in input order
-    return tokens if output_value == "token_embeddings" else embeddings
+    return embeddings if output_value == "sentence_embedding" else tokens
+
+
+def text_features(features: dict, row: int, length: int, truncate_dim: int | None) -> dict:
+    """One text's share of a batch's features: per-token ones cut to its ``length`` tokens, the sentence
+    embedding to ``truncate_dim`` numbers, values of the whole batch (``prompt_length``) as they are."""
+    batch, seq = features["attention_mask"].shape
+    own = {}
+    for name, value in features.items():
+        if isinstance(value, Tensor) and value.dim() and value.shape[0] == batch:
+            value = value[row]
+            if name == "sentence_embedding":
+                value = value[:truncate_dim]
+            elif value.dim() and value.shape[0] == seq:  # (seq, ...) per token
+                value = value[:length]
+            value = value.float() if value.is_floating_point() else value
+        own[name] = value
+    return own
 
 
 def as_results(encoded, single: bool, output_value: str, convert_to_numpy: bool, convert_to_tensor: bool,
                precision: str):
     """What ``encode`` returns, from the (texts, dim) tensor or the list of token tensors it computed."""
-    if output_value == "token_embeddings":
+    if output_value != "sentence_embedding":
         results = encoded
     elif precision != "float32":
         quantized = quantize_embeddings(encoded.cpu(), precision)
@@ -102,6 +121,6 @@ def as_results(encoded, single: bool, output_value: str, convert_to_numpy: bool,
 def empty_result(dim: int, device: torch.device, output_value: str, convert_to_numpy: bool,
                  convert_to_tensor: bool):
     """What ``encode([])`` returns: no rows, but the right type and width."""
-    if output_value == "token_embeddings" or not (convert_to_numpy or convert_to_tensor):
+    if output_value != "sentence_embedding" or not (convert_to_numpy or convert_to_tensor):
         return []
     return torch.empty(0, dim, device=device) if convert_to_tensor else np.zeros((0, dim), np.float32)

@@ -25,6 +25,7 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 from torch import Tensor
 
+from minist.inputs import check_count
 from minist.similarity import PAIRWISE_FUNCTIONS
 
 
@@ -80,8 +81,12 @@ def check_pairs(sentences1: list[str], sentences2: list[str], scores: list[float
 class EmbeddingSimilarityEvaluator(Evaluator):
     """Correlation between the model's similarity of each pair and its gold score.
 
-    >>> evaluator = EmbeddingSimilarityEvaluator(["A cat."], ["A dog."], [0.4])  # doctest: +SKIP
-    >>> evaluator(model)["spearman_cosine"]  # doctest: +SKIP
+    >>> from minist import SentenceTransformer
+    >>> evaluator = EmbeddingSimilarityEvaluator(["A cat sleeps.", "A man plays the guitar.", "The sun is hot."],
+    ...                                          ["A kitten naps.", "Someone plays music.", "I like trains."],
+    ...                                          [4.8, 3.5, 0.2])
+    >>> round(evaluator(SentenceTransformer("all-MiniLM-L6-v2", device="cpu"))["spearman_cosine"], 2)
+    1.0
     """
 
     def __init__(self, sentences1: list[str], sentences2: list[str], scores: list[float], batch_size: int = 16,
@@ -178,8 +183,10 @@ def check_retrieval_data(queries: dict[str, str], corpus: dict[str, str], releva
                          f"maps query ids (such as {next(iter(queries))!r}) to sets of corpus ids (such as "
                          f"{next(iter(corpus))!r}).")
     for name, values in ks.items():
-        if not values or any(isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1 for k in values):
-            raise ValueError(f"{name} must be a non-empty list of positive ints, not {values!r}.")
+        if not values:
+            raise ValueError(f"{name} must list at least one k, not {values!r}.")
+        for i, k in enumerate(values):
+            check_count(f"{name}[{i}]", k)
 
 
 class InformationRetrievalEvaluator(Evaluator):

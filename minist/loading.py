@@ -5,24 +5,32 @@
 ``load_steps`` builds each one with its own ``load``. A plain Hugging Face folder (no ``modules.json``) gets
 mean pooling, as in sentence-transformers. Each file is checked as it is read: a damaged or malformed one is
 a ValueError naming the file and what is wrong (``minist.hub.read_json``), and a step whose sizes do not fit
-the one before it is named too. The writing side is ``minist.saving``.
+the one before it is named too. The transformer's own folder (config, weights, tokenizer) is read by
+``load_transformer``: a file that transformers, tokenizers or safetensors cannot read is named
+(``blamed_on``), and so are weights that are missing, which transformers would fill with random numbers.
+The writing side is ``minist.saving``.
 Left out: custom step classes and ``trust_remote_code``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+import transformers
 from torch import nn
+from transformers import CONFIG_MAPPING, AutoConfig, AutoModel, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
+from minist import bert
 from minist.dense import Dense
-from minist.hub import json_field, read_json
+from minist.inputs import check_count, json_field, read_json
 from minist.normalize import Normalize
 from minist.pooling import Pooling
 from minist.similarity import SIMILARITY_FUNCTIONS
-from minist.transformer import Backend, Transformer
+from minist.transformer import Backend, Transformer, position_limit
 
 logger = logging.getLogger("minist")
 
@@ -31,10 +39,131 @@ logger = logging.getLogger("minist")
 STEPS = {"Transformer": Transformer, "Pooling": Pooling, "Dense": Dense, "Normalize": Normalize}
 
 
+# --- the transformer's folder ------------------------------------------------------------------------------
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model",
+                   "tokenizer.model")
+TOKENIZER_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+
+
+@contextmanager
+def quiet_progress_bars() -> Iterator[None]:
+    """Hide transformers' own bars ("Loading weights ...") while minist loads or saves, then restore them."""
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+@contextmanager
+def blamed_on(path: Path, what: str) -> Iterator[None]:
+    """Re-raise a loader's failure as a ValueError naming the file it was reading (the cause stays chained).
+
+    transformers, tokenizers, safetensors and pickle each fail in their own way on a damaged file, hence the
+    broad except; a missing package or memory is not the file's fault and passes through.
+    """
+    try:
+        yield
+    except (ImportError, MemoryError):
+        raise
+    except Exception as error:
+        raise ValueError(f"{path}: {what} failed ({type(error).__name__}: {error})") from error
+
+
+def check_model_folder(folder: Path) -> None:
+    """Raise FileNotFoundError naming what a Hugging Face model folder lacks: config, weights or tokenizer."""
+    wanted = {"a config": ("config.json",), "weights": WEIGHT_FILES, "a tokenizer": TOKENIZER_FILES}
+    missing = [f"{what} ({' or '.join(names)})" for what, names in wanted.items()
+               if not any((folder / name).is_file() for name in names)]
+    if missing:
+        raise FileNotFoundError(f"The model folder {folder} has no {' and no '.join(missing)}.")
+
+
+def load_config(folder: Path):
+    """``folder/config.json`` -> transformers' config; a bad file or an unknown architecture is named."""
+    path = folder / "config.json"
+    try:
+        return AutoConfig.from_pretrained(folder)
+    except Exception as error:
+        model_type = json_field(read_json(path), "model_type", str, path)  # first: is it JSON, with a model_type?
+        if model_type not in CONFIG_MAPPING:
+            raise ValueError(f"{folder} holds a {model_type!r} model, which transformers {transformers.__version__} "
+                             "cannot load (unknown architecture; a newer transformers may know it).") from error
+        with blamed_on(path, "reading the model's config"):
+            raise  # transformers' own error, which blamed_on re-raises with the file named
+
+
+def load_weights(folder: Path, config, backend: Backend) -> nn.Module:
+    """The model with its weights; a weights file that is damaged, or lacks some of the weights, is named."""
+    weights = next(folder / name for name in WEIGHT_FILES if (folder / name).is_file())
+    with quiet_progress_bars(), blamed_on(weights, "loading the weights"):
+        if backend == "minist":
+            return bert.BertModel.from_pretrained(folder)  # it checks that every weight is there
+        model, info = AutoModel.from_pretrained(folder, config=config, output_loading_info=True)
+    # transformers fills missing weights with random numbers and only logs it; the pooler is never used.
+    missing = sorted(key for key in info["missing_keys"] if not key.startswith("pooler."))
+    if missing:
+        raise ValueError(f"{weights} lacks {len(missing)} of the model's weights ({', '.join(missing[:3])}, ...); "
+                         "transformers would fill them with random numbers.")
+    return model
+
+
+def load_tokenizer(folder: Path):
+    """The fast tokenizer of ``folder``; when loading fails, the file to blame is named."""
+    try:
+        with quiet_progress_bars():
+            return AutoTokenizer.from_pretrained(folder)
+    except Exception:
+        for name in TOKENIZER_JSON_FILES:  # a damaged JSON file names itself
+            if (folder / name).is_file():
+                read_json(folder / name)
+        main = next(folder / name for name in TOKENIZER_FILES if (folder / name).is_file())
+        with blamed_on(main, "building the tokenizer"):
+            raise  # as in load_config
+
+
+def load_transformer(folder: Path, backend: Backend = "hf") -> Transformer:
+    """The first step, from a Hugging Face model folder; ``sentence_bert_config.json``, when present, sets
+    the options.
+
+    ``backend="minist"`` runs the from-scratch ``minist.bert.BertModel`` instead of transformers' model;
+    "onnx" loads transformers' model, which ``SentenceTransformer`` then exports (``minist.ort``).
+    """
+    if backend not in ("hf", "minist", "onnx"):
+        raise ValueError(f"backend must be 'hf' (transformers), 'minist' (minist.bert) or 'onnx' (ONNX Runtime), "
+                         f"not {backend!r}.")
+    folder = Path(folder)
+    check_model_folder(folder)
+    options_file = folder / "sentence_bert_config.json"
+    options = read_json(options_file) if options_file.is_file() else {}
+    saved_length = json_field(options, "max_seq_length", (int, type(None)), options_file, None)
+    do_lower_case = json_field(options, "do_lower_case", bool, options_file, False)
+    check_count(f"{options_file}: max_seq_length", saved_length, optional=True)
+    config = load_config(folder)
+    auto_model = load_weights(folder, config, backend)
+    tokenizer = load_tokenizer(folder)
+    # As in sentence-transformers: the saved max_seq_length, else the tokenizer's limit, never past the
+    # model's position table (which sentence-transformers takes to be max_position_embeddings: for
+    # RoBERTa, 2 too many, so a long text fails there).
+    max_seq_length, limit = saved_length or int(tokenizer.model_max_length), position_limit(config)
+    if limit is not None and max_seq_length > limit:
+        if saved_length is not None:
+            logger.warning("%s asks for max_seq_length=%d, but the model's position table holds %d tokens: "
+                           "using %d.", options_file, saved_length, limit, limit)
+        max_seq_length = limit
+    return Transformer(auto_model.eval(), tokenizer, max_seq_length, do_lower_case)
+
+
+# --- the model's folder ------------------------------------------------------------------------------------
 def read_modules_json(path: Path) -> list[tuple[str, str]]:
     """``modules.json`` -> (step class name, relative folder) per step, in file order as sentence-transformers reads it.
 
-    >>> read_modules_json(folder / "modules.json")  # doctest: +SKIP
+    >>> from minist.hub import resolve_model_folder
+    >>> read_modules_json(resolve_model_folder("all-MiniLM-L6-v2") / "modules.json")
     [('Transformer', ''), ('Pooling', '1_Pooling'), ('Normalize', '2_Normalize')]
     """
     steps = []
@@ -58,7 +187,7 @@ def load_steps(folder: Path, backend: Backend = "hf") -> list[nn.Module]:
     """Build the steps that ``folder/modules.json`` lists; a plain Hugging Face folder gets mean pooling."""
     modules_file = folder / "modules.json"
     if not modules_file.is_file():
-        transformer = Transformer.load(folder, backend)
+        transformer = load_transformer(folder, backend)
         logger.warning("%s has no modules.json (not a sentence-transformers model): using mean pooling.", folder)
         return [transformer, Pooling(transformer.get_word_embedding_dimension(), "mean")]
     steps = []
@@ -66,7 +195,7 @@ def load_steps(folder: Path, backend: Backend = "hf") -> list[nn.Module]:
         if kind == "Normalize":
             steps.append(Normalize())
         elif kind == "Transformer":
-            steps.append(Transformer.load(folder / path, backend))
+            steps.append(load_transformer(folder / path, backend))
         else:
             steps.append(STEPS[kind].load(folder / path))
             check_sizes_fit(steps, folder / path / "config.json")

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from minist.loading import output_dimension
 from minist.similarity import cos_sim, pairwise_cos_sim, pairwise_euclidean_sim, pairwise_manhattan_sim
 
 logger = logging.getLogger("minist")
@@ -144,18 +145,24 @@ class ContrastiveLoss(Loss):
     """Inputs: (text, text) pairs, label 1 (similar) or 0 (dissimilar) / formula: ``contrastive_loss``
     / reference: Hadsell, Chopra & LeCun 2006, https://doi.org/10.1109/CVPR.2006.100.
 
-    Other labels are taken as weights (y and 1 - y), with one warning, as sentence-transformers does.
+    Other labels are taken as weights (y and 1 - y), with a warning if the first batch holds one, as
+    sentence-transformers checks them (on the first batch only).
     """
 
     def __init__(self, model: nn.Module, margin: float = 0.5):
         super().__init__(model)
-        self.margin, self.warned = margin, False
+        self.margin, self.checked_labels = margin, False
 
     def compute_loss_from_embeddings(self, embeddings, labels):
-        if not self.warned and ((labels != 0) & (labels != 1)).any():
-            self.warned = True
-            warnings.warn("ContrastiveLoss expects binary labels (0 or 1); another label y weighs the similar term "
-                          "by y and the dissimilar term by 1 - y.", UserWarning, stacklevel=2)
+        if labels.numel() != len(embeddings[0]):
+            raise ValueError(f"ContrastiveLoss expects {len(embeddings[0])} labels (one per example), but got "
+                             f"{labels.numel()} labels with shape {tuple(labels.shape)}.")
+        if not self.checked_labels:
+            self.checked_labels = True
+            if ((labels != 0) & (labels != 1)).any():
+                warnings.warn("ContrastiveLoss expects binary labels (0 or 1). Non-binary labels are accepted but are "
+                              "used directly to weight the positive term, with 1 - label weighting the negative term.",
+                              UserWarning, stacklevel=2)
         return contrastive_loss(*embeddings, labels, self.margin)
 
 
@@ -189,15 +196,23 @@ class MatryoshkaLoss(Loss):
         if not isinstance(loss, nn.Module):
             raise TypeError(f"MatryoshkaLoss wraps a loss module, e.g. losses.CoSENTLoss(model), "
                             f"not {type(loss).__module__}.{type(loss).__name__}.")
-        dimension = model.get_embedding_dimension()
-        if not matryoshka_dims or any(not 0 < d <= dimension for d in matryoshka_dims):
-            raise ValueError(f"matryoshka_dims must be sizes between 1 and {dimension}, not {matryoshka_dims}.")
-        weights = matryoshka_weights or [1] * len(matryoshka_dims)
+        # Upstream's checks, in its order and words; the size is the model's own, whatever its truncate_dim.
+        if not matryoshka_dims:
+            raise ValueError("You must provide at least one dimension in matryoshka_dims.")
+        if any(dim <= 0 for dim in matryoshka_dims):
+            raise ValueError("All dimensions passed to a matryoshka loss must be > 0.")
+        weights = [1] * len(matryoshka_dims) if matryoshka_weights is None else matryoshka_weights
         if len(weights) != len(matryoshka_dims):
-            raise ValueError("matryoshka_weights needs one weight per dimension in matryoshka_dims.")
+            raise ValueError("matryoshka_weights must be the same length as matryoshka_dims.")
+        dimension = output_dimension(model)
+        if any(dim > dimension for dim in matryoshka_dims):
+            raise ValueError(f"Dimensions in matryoshka_dims cannot exceed the model's embedding dimension of "
+                             f"{dimension}.")
         if dimension not in matryoshka_dims:
-            logger.warning("The model's embedding dimension %d is not in matryoshka_dims %s: the full embedding is "
-                           "not trained to work on its own.", dimension, list(matryoshka_dims))
+            logger.warning(f"The model's embedding dimension {dimension} is not included in matryoshka_dims: "
+                           f"{matryoshka_dims}. This means that the full model dimension won't be trained, which may "
+                           "lead to degraded performance when using the model without specifying a lower truncation "
+                           f"dimension. It is strongly recommended to include {dimension} in matryoshka_dims.")
         pairs = sorted(zip(matryoshka_dims, weights, strict=True), key=lambda pair: pair[0], reverse=True)
         self.matryoshka_dims, self.matryoshka_weights = map(tuple, zip(*pairs, strict=True))  # largest first
         self.loss = loss

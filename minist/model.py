@@ -35,10 +35,10 @@ import torch
 import transformers
 from torch import Tensor, nn
 
-from minist.cpu import choose_path, log_once
+from minist.cpu import choose_path
 from minist.encoding import AUTOCAST_DTYPES, as_results, empty_result, encode_texts
 from minist.hub import resolve_model_folder
-from minist.inputs import check_count, text_list
+from minist.inputs import check_count, log_once, renamed_keywords, text_list
 from minist.loading import load_steps, output_dimension, read_model_config
 from minist.ort import onnx_model
 from minist.parallel import Pool, encode_in_pool, start_pool, stop_pool
@@ -52,6 +52,7 @@ from minist.transformer import Backend, Transformer
 logger = logging.getLogger("minist")
 
 Quantize = Literal["int8", "bf16", "fp16"]
+OutputValue = Literal["sentence_embedding", "token_embeddings"]  # or None: every feature
 DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")  # encode_document takes the first the model has
 
 
@@ -79,8 +80,8 @@ class SentenceTransformer(nn.Sequential):
     ``prompts`` (name -> text) add to the saved ones and win over them; ``default_prompt_name`` names the one
     ``encode`` uses when given none (default: none), as in sentence-transformers.
 
-    >>> model = SentenceTransformer("all-MiniLM-L6-v2")  # doctest: +SKIP
-    >>> model.encode(["A cat sleeps.", "A kitten naps."]).shape  # doctest: +SKIP
+    >>> model = SentenceTransformer("all-MiniLM-L6-v2", device="cpu")
+    >>> model.encode(["A cat sleeps.", "A kitten naps."]).shape
     (2, 384)
     """
 
@@ -105,13 +106,18 @@ class SentenceTransformer(nn.Sequential):
         # The arguments win over the saved config, as in sentence-transformers.
         self.similarity_fn_name = similarity_fn_name or saved.get("similarity_fn_name")
         self.prompts = {"query": "", "document": ""} | saved.get("prompts", {}) | (prompts or {})
+        self.prompts = {name: "" if text is None else text for name, text in self.prompts.items()}  # None: no prompt
         if not all(isinstance(name, str) and isinstance(text, str) for name, text in self.prompts.items()):
             raise TypeError(f"prompts must map names to texts (strings), not {prompts!r:.80}.")
         self.default_prompt_name = default_prompt_name or saved.get("default_prompt_name")
         if self.default_prompt_name is not None and self.default_prompt_name not in self.prompts:
-            raise ValueError(f"default_prompt_name {self.default_prompt_name!r} is not one of the prompts "
-                             f"{list(self.prompts)}.")
-        check_count("truncate_dim", truncate_dim, output_dimension(self), "the embedding size")
+            raise ValueError(f"Default prompt name '{self.default_prompt_name}' not found in the configured prompts "
+                             f"dictionary with keys {list(self.prompts)!r}.")  # upstream's words, and below
+        if self.default_prompt_name:
+            log_once(logging.WARNING, f"Default prompt name is set to '{self.default_prompt_name}'. This prompt "
+                     "applies unless overridden by `prompt`, `prompt_name`, or a method-specific prompt, including "
+                     "an empty prompt.")
+        check_count("truncate_dim", truncate_dim, most=output_dimension(self), what="the embedding size", optional=True)
         self.truncate_dim = truncate_dim  # encode's default: keep the first truncate_dim numbers
         self.quantize, self.backend = quantize, backend
         device = self._usable_device(device or default_device())
@@ -224,27 +230,30 @@ class SentenceTransformer(nn.Sequential):
     fit = fit  # model.fit(train_objectives=[(dataloader, loss)], ...): see minist.training
 
     # --- encode ------------------------------------------------------------------------------------
-    def encode_query(self, sentences: str | list[str], prompt_name: str | None = None, prompt: str | None = None,
+    @renamed_keywords(sentences="inputs")
+    def encode_query(self, inputs: str | list[str], prompt_name: str | None = None, prompt: str | None = None,
                      **kwargs):
         """``encode`` for search queries: with the model's "query" prompt, unless given another."""
         if prompt_name is None and prompt is None and "query" in self.prompts:
             prompt_name = "query"
-        return self.encode(sentences, prompt_name=prompt_name, prompt=prompt, **kwargs)
+        return self.encode(inputs, prompt_name=prompt_name, prompt=prompt, **kwargs)
 
-    def encode_document(self, sentences: str | list[str], prompt_name: str | None = None, prompt: str | None = None,
+    @renamed_keywords(sentences="inputs")
+    def encode_document(self, inputs: str | list[str], prompt_name: str | None = None, prompt: str | None = None,
                         **kwargs):
         """``encode`` for what is searched: with the model's "document" prompt ("passage", "corpus" as a second
         and third choice), unless given another."""
         if prompt_name is None and prompt is None:
             prompt_name = next((name for name in DOCUMENT_PROMPT_NAMES if name in self.prompts), None)
-        return self.encode(sentences, prompt_name=prompt_name, prompt=prompt, **kwargs)
+        return self.encode(inputs, prompt_name=prompt_name, prompt=prompt, **kwargs)
 
-    def encode(self, sentences: str | list[str], prompt_name: str | None = None, prompt: str | None = None,
+    @renamed_keywords(sentences="inputs")  # upstream's name before version 6, still taken with a warning
+    def encode(self, inputs: str | list[str], prompt_name: str | None = None, prompt: str | None = None,
                batch_size: int | None = None, show_progress_bar: bool | None = None,
-               output_value: Literal["sentence_embedding", "token_embeddings"] = "sentence_embedding",
-               convert_to_numpy: bool = True, convert_to_tensor: bool = False, normalize_embeddings: bool = False,
+               output_value: OutputValue | None = "sentence_embedding", convert_to_numpy: bool = True,
+               convert_to_tensor: bool = False, normalize_embeddings: bool = False,
                device: str | list[str] | None = None, truncate_dim: int | None = None,
-               max_batch_tokens: int | None = None, precision: Precision = "float32", pool: Pool | None = None,
+               max_batch_tokens: int | None = None, precision: Precision | None = "float32", pool: Pool | None = None,
                chunk_size: int | None = None):
         """Texts -> embeddings, in input order.
 
@@ -252,9 +261,11 @@ class SentenceTransformer(nn.Sequential):
         instead; with neither, the ``default_prompt_name`` prompt, if the model has one.
         A string gives one (dim,) vector; a list gives (len, dim): a numpy array, or a tensor with
         ``convert_to_tensor=True``, or a list of tensors when both conversions are off.
-        ``output_value="token_embeddings"`` gives each text's (tokens, dim) tensor instead.
+        ``output_value="token_embeddings"`` gives each text's (tokens, dim) tensor instead, and ``None`` each
+        text's every feature as a dict (``input_ids``, ``attention_mask``, ``token_embeddings``, ...; its own
+        tokens, where upstream keeps the batch's padding), as sentence-transformers does.
         ``truncate_dim`` keeps the first numbers of each embedding (for Matryoshka-trained models), before
-        any normalization. ``precision`` other than "float32" quantizes the embeddings at the end, as
+        any normalization. ``precision`` other than "float32" (or None) quantizes the embeddings at the end, as
         ``minist.quantization.quantize_embeddings`` does (int8/uint8 ranges from these embeddings themselves).
         Batches are formed by token count: texts sorted by length, each batch padded to its own longest and
         holding at most ``max_batch_tokens`` tokens that way (default 2,048 on a CPU, 16,384 on a GPU), so
@@ -263,27 +274,32 @@ class SentenceTransformer(nn.Sequential):
         processes, ``chunk_size`` texts at a time (``minist.parallel``); the result is the same within 1e-5.
         The batch loop itself is ``minist.encoding.encode_texts``.
         """
-        single = isinstance(sentences, str)
-        texts = text_list(sentences)  # every item checked before any work
+        single = isinstance(inputs, str)
+        texts = text_list(inputs)  # every item checked before any work
         prompt = self._resolve_prompt(prompt, prompt_name)
-        if output_value not in ("sentence_embedding", "token_embeddings"):
-            raise ValueError(f"output_value must be 'sentence_embedding' or 'token_embeddings', not {output_value!r}.")
-        check_count("batch_size", batch_size)
-        check_count("max_batch_tokens", max_batch_tokens)
+        if output_value not in (*get_args(OutputValue), None):
+            raise ValueError(f"output_value must be 'sentence_embedding', 'token_embeddings' or None, "
+                             f"not {output_value!r}.")
+        check_count("batch_size", batch_size, optional=True)
+        check_count("max_batch_tokens", max_batch_tokens, optional=True)
+        precision = precision or "float32"  # None: the default, as upstream
         if precision not in get_args(Precision):
-            raise ValueError(f"precision must be one of {', '.join(get_args(Precision))}, not {precision!r}.")
-        if precision != "float32" and output_value == "token_embeddings":
-            raise ValueError("precision quantizes sentence embeddings; token_embeddings come in float32 only.")
+            raise ValueError(f"Precision {precision!r} is not supported, must be one of {get_args(Precision)}")
+        if precision != "float32" and output_value != "sentence_embedding":
+            raise ValueError(f"precision quantizes sentence embeddings; output_value={output_value!r} comes in "
+                             "float32 only.")
         if precision in ("int8", "uint8") and len(texts) == 1:  # upstream returns garbage here (zero-width ranges)
             raise ValueError(f"precision={precision!r} takes its ranges from the embeddings encoded together, so it "
                              "needs two texts or more; for one, use minist.quantization.quantize_embeddings(..., "
                              "ranges=...) with ranges from a larger set.")
-        check_count("truncate_dim", truncate_dim, output_dimension(self), "the embedding size")
+        check_count("truncate_dim", truncate_dim, most=output_dimension(self), what="the embedding size", optional=True)
         truncate_dim = truncate_dim if truncate_dim is not None else self.truncate_dim
-        check_count("chunk_size", chunk_size)
+        check_count("chunk_size", chunk_size, optional=True)
         if show_progress_bar is None:
             show_progress_bar = logger.getEffectiveLevel() <= logging.INFO
         if pool is not None or isinstance(device, list):  # worker processes encode chunks: minist.parallel
+            if output_value is None:
+                raise ValueError("output_value=None (every feature) is not sent back by a pool: encode without one.")
             if not texts:
                 return empty_result(truncate_dim or self.get_embedding_dimension(), self.device, output_value,
                                     convert_to_numpy, convert_to_tensor)
@@ -322,15 +338,18 @@ class SentenceTransformer(nn.Sequential):
                            normalize_embeddings=normalize_embeddings, truncate_dim=truncate_dim)
 
     def _resolve_prompt(self, prompt: str | None, prompt_name: str | None) -> str | None:
-        """The prompt text encode puts first: ``prompt``, else ``prompts[prompt_name]``, else the default's."""
+        """The prompt text encode puts first: ``prompt``, else ``prompts[prompt_name]``, else the default's.
+        The warning and the error are sentence-transformers' own words."""
         if prompt is not None:
             if not isinstance(prompt, str):
                 raise TypeError(f"prompt must be a string, not {type(prompt).__name__}.")
             if prompt_name is not None:
-                logger.warning("Give a prompt or a prompt_name, not both: using the prompt, ignoring prompt_name.")
+                logger.warning("Provide either a `prompt`, a `prompt_name`, or neither, but not both. "
+                               "Ignoring the `prompt_name` in favor of `prompt`.")
             return prompt
         if prompt_name is not None and prompt_name not in self.prompts:
-            raise ValueError(f"prompt_name {prompt_name!r} is not one of this model's prompts {list(self.prompts)}.")
+            raise ValueError(f"Prompt name '{prompt_name}' not found in the configured prompts dictionary with keys "
+                             f"{list(self.prompts)!r}.")
         return self.prompts.get(prompt_name or self.default_prompt_name)
 
     # --- save --------------------------------------------------------------------------------------

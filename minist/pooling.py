@@ -18,6 +18,7 @@ instruction models such as INSTRUCTOR are trained; the rest keep their positions
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, get_args
@@ -25,10 +26,10 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor, nn
 
-from minist.hub import json_field, read_json
+from minist.inputs import json_field, read_json, renamed_keywords
 
-PoolingMode = Literal["cls", "mean", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken"]
-MODES: tuple[str, ...] = get_args(PoolingMode)
+PoolingMode = Literal["cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken"]
+MODES: tuple[str, ...] = get_args(PoolingMode)  # in upstream's order, which its error message lists
 
 # The boolean keys sentence-transformers (v2 to v5) writes in 1_Pooling/config.json, one per mode.
 # Their order is the order in which sentence-transformers concatenates several modes.
@@ -78,33 +79,33 @@ def pool(token_embeddings: Tensor, attention_mask: Tensor, mode: PoolingMode = "
         return summed / counts
     if mode == "mean_sqrt_len_tokens":
         return summed / counts.sqrt()
-    raise ValueError(f"Unknown pooling mode {mode!r}; choose one of {', '.join(MODES)}.")
+    raise ValueError(f"Invalid pooling mode: {mode!r}. Valid pooling modes are: {MODES}.")
 
 
 class Pooling(nn.Module):
     """Adds ``sentence_embedding`` (batch, len(modes) * dim) to the features dict."""
 
-    def __init__(self, embedding_dimension: int | None = None, pooling_mode: str | Sequence[str] | None = None,
-                 include_prompt: bool = True, word_embedding_dimension: int | None = None, **mode_flags: bool):
-        """``Pooling(384)``, ``Pooling(384, "cls")`` or ``Pooling(384, ["cls", "mean"])`` (sentence-transformers 6);
-        the older ``word_embedding_dimension=`` and booleans (``pooling_mode_cls_token=True``, ...) work too,
-        read as sentence-transformers 6 reads them."""
+    @renamed_keywords(word_embedding_dimension="embedding_dimension")  # sentence-transformers 5's name
+    def __init__(self, embedding_dimension: int, pooling_mode: str | Sequence[str] | None = None,
+                 include_prompt: bool = True, **mode_flags: bool):
+        """``Pooling(384)``, ``Pooling(384, "cls")`` or ``Pooling(384, ["cls", "mean"])`` (sentence-transformers 6).
+        The older booleans (``pooling_mode_cls_token=True``, ...) work too, with upstream's FutureWarning, and
+        are read as upstream reads them: the modes set True, in the booleans' order; ignored beside
+        ``pooling_mode``."""
         super().__init__()
         if unknown := set(mode_flags) - set(_LEGACY_KEYS.values()):
-            raise TypeError(f"Pooling() got unexpected keyword arguments {sorted(unknown)}.")
-        if (embedding_dimension is None) == (word_embedding_dimension is None):
-            raise TypeError("Pooling() takes the token embeddings' size once: embedding_dimension (or, as in "
-                            "sentence-transformers 5, word_embedding_dimension).")
-        if pooling_mode is None:  # the modes whose boolean is True, in the booleans' order; none: mean
+            raise TypeError(f"Pooling.__init__() got an unexpected keyword argument {sorted(unknown)[0]!r}")
+        if mode_flags:
+            warnings.warn(f"The {', '.join(f'`{key}`' for key in mode_flags)} argument(s) are deprecated. Please use "
+                          "`pooling_mode` instead.", FutureWarning, stacklevel=3)
+        if pooling_mode is None:  # the modes whose boolean is True; none: mean
             pooling_mode = [mode for mode, key in _LEGACY_KEYS.items() if mode_flags.get(key)] or "mean"
-        elif mode_flags:
-            raise ValueError("Give pooling_mode or the pooling_mode_* booleans, not both.")
-        embedding_dimension = embedding_dimension if embedding_dimension is not None else word_embedding_dimension
         self.modes = [pooling_mode] if isinstance(pooling_mode, str) else list(pooling_mode)
-        unknown = [m for m in self.modes if m not in MODES]
-        if unknown or not self.modes:
-            what = f"Unknown pooling mode {unknown}" if unknown else "No pooling mode"
-            raise ValueError(f"{what}; choose from {', '.join(MODES)}.")
+        for mode in self.modes:
+            if mode not in MODES:  # upstream's words
+                raise ValueError(f"Invalid pooling mode: {mode!r}. Valid pooling modes are: {MODES}.")
+        if not self.modes:
+            raise ValueError(f"No pooling mode given. Valid pooling modes are: {MODES}.")
         self.embedding_dimension = embedding_dimension
         self.include_prompt = include_prompt
 

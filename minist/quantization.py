@@ -28,7 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from minist.similarity import ArrayLike, to_tensor
+from minist.inputs import ArrayLike
+from minist.similarity import to_tensor
 
 Precision = Literal["float32", "int8", "uint8", "binary", "ubinary"]
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import importlib.metadata
 import json
 import os
 import re
@@ -39,9 +40,10 @@ from pathlib import Path
 import torch
 import transformers
 
-from minist import __version__
 from minist.dense import Dense
+from minist.loading import quiet_progress_bars
 from minist.normalize import Normalize
+from minist.transformer import Transformer
 
 # The files a model folder may hold (besides the step subfolders that its modules.json lists). README.md is
 # not among them: minist writes none, so a README there is yours and is kept.
@@ -83,19 +85,31 @@ def write_model(model, folder: Path, safe_serialization: bool = True) -> None:
         kind = type(step).__name__
         path = "" if idx == 0 else f"{idx}_{kind}"
         (folder / path).mkdir(exist_ok=True)
-        if isinstance(step, Dense):
+        if isinstance(step, Transformer):
+            write_transformer(step, folder / path)
+        elif isinstance(step, Dense):
             step.save(folder / path, safe_serialization)
         elif not isinstance(step, Normalize):
             step.save(folder / path)
         steps.append((path, ST_TYPES[kind]))
-    config = {
-        "__version__": {"minist": __version__, "transformers": transformers.__version__, "pytorch": torch.__version__},
+    config = {  # the version from the installed metadata: importing the package would import this module again
+        "__version__": {"minist": importlib.metadata.version("minist"), "transformers": transformers.__version__,
+                        "pytorch": torch.__version__},
         "prompts": model.prompts,
         "default_prompt_name": model.default_prompt_name,
         "similarity_fn_name": model.similarity_fn_name,
     }
     (folder / "config_sentence_transformers.json").write_text(json.dumps(config, indent=2))
     write_modules_json(folder, steps)
+
+
+def write_transformer(step: Transformer, folder: Path) -> None:
+    """The transformer's files, as transformers writes them, and ``sentence_bert_config.json`` beside them."""
+    with quiet_progress_bars():
+        step.auto_model.save_pretrained(folder, safe_serialization=True)
+        step.tokenizer.save_pretrained(folder)
+    options = {"max_seq_length": step.max_seq_length, "do_lower_case": step.do_lower_case}
+    (folder / "sentence_bert_config.json").write_text(json.dumps(options, indent=2))
 
 
 def write_modules_json(folder: Path, steps: list[tuple[str, str]]) -> None:

@@ -10,40 +10,14 @@ Left out: approximate search (see ``minist.ann``) and sparse embeddings.
 from __future__ import annotations
 
 from collections.abc import Callable
-from numbers import Integral
 
 import torch
 from torch import Tensor
 
-from minist.similarity import ArrayLike, as_tensor, cos_sim, dot_score, normalize_embeddings
+from minist.inputs import ArrayLike, as_matrix, check_count, check_finite
+from minist.similarity import cos_sim, dot_score, normalize_embeddings
 
 ScoreFunction = Callable[[Tensor, Tensor], Tensor]
-
-
-def as_matrix(embeddings: ArrayLike, name: str) -> Tensor:
-    """Any array-like -> a (n, dim) tensor, not copied.
-
-    The dtype is kept (an int8 corpus stays int8): the scoring functions convert chunk by chunk.
-    An empty input (``[]``) is no vectors, shape (0, 0), not one vector of length 0.
-    """
-    matrix = as_tensor(embeddings)
-    if matrix.dim() == 1:
-        matrix = matrix.reshape(0, 0) if matrix.numel() == 0 else matrix.unsqueeze(0)
-    if matrix.dim() != 2:
-        raise ValueError(f"{name} must be one vector or a (n, dim) matrix, not shape {tuple(matrix.shape)}.")
-    return matrix
-
-
-def check_top_k(top_k: int) -> None:
-    """top_k counts hits: a whole number, 0 or more (0 gives empty lists)."""
-    if isinstance(top_k, bool) or not isinstance(top_k, Integral) or top_k < 0:
-        raise ValueError(f"top_k must be a whole number, 0 or more, not {top_k!r}.")
-
-
-def check_finite(matrix: Tensor, name: str) -> None:
-    """Refuse NaN or infinity, naming the input they are in."""
-    if matrix.is_floating_point() and not torch.isfinite(matrix).all():
-        raise ValueError(f"{name} contain NaN or infinite values; check how they were made.")
 
 
 def semantic_search(query_embeddings: ArrayLike, corpus_embeddings: ArrayLike, query_chunk_size: int = 100,
@@ -56,7 +30,7 @@ def semantic_search(query_embeddings: ArrayLike, corpus_embeddings: ArrayLike, q
     As in sentence-transformers, no score matrix larger than ``query_chunk_size x corpus_chunk_size`` is
     made; within that bound minist picks its own block shape (see the loop).
     """
-    check_top_k(top_k)
+    check_count("top_k", top_k, least=0)
     queries = as_matrix(query_embeddings, "query_embeddings")
     check_finite(queries, "query_embeddings")  # queries are few: check them always
     corpus = as_matrix(corpus_embeddings, "corpus_embeddings")

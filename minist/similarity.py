@@ -17,14 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-ArrayLike = list | np.ndarray | Tensor
-
-
-def as_tensor(a: ArrayLike) -> Tensor:
-    """Any array-like -> a tensor of the same dtype, sharing memory where it can; lists of rows are stacked."""
-    if isinstance(a, list) and a and all(isinstance(x, (Tensor, np.ndarray)) for x in a):
-        return torch.stack([torch.as_tensor(x) for x in a])
-    return torch.as_tensor(a)
+from minist.inputs import ArrayLike, as_tensor, check_count
 
 
 def to_tensor(a: ArrayLike) -> Tensor:
@@ -47,6 +40,17 @@ def _as_batches(a: ArrayLike, b: ArrayLike) -> tuple[Tensor, Tensor]:
 def normalize_embeddings(embeddings: ArrayLike) -> Tensor:
     """Scale each row to unit L2 length; a zero row stays zero."""
     return F.normalize(to_tensor(embeddings), p=2, dim=-1)
+
+
+def truncate_embeddings(embeddings: np.ndarray | Tensor, truncate_dim: int | None) -> np.ndarray | Tensor:
+    """The first ``truncate_dim`` numbers of each embedding (None: all), of the same type (numpy stays numpy), as
+    ``encode(truncate_dim=...)`` gives them; normalize again afterwards for cosine as a dot product.
+
+    >>> truncate_embeddings(torch.tensor([[1.0, 2.0, 3.0]]), 2)
+    tensor([[1., 2.]])
+    """
+    check_count("truncate_dim", truncate_dim, most=embeddings.shape[-1], what="the embedding size", optional=True)
+    return embeddings[..., :truncate_dim]
 
 
 def dot_score(a: ArrayLike, b: ArrayLike) -> Tensor:

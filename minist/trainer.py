@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 import shutil
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from transformers import get_linear_schedule_with_warmup, set_seed
 
 from minist import training
 from minist.losses import CoSENTLoss, Loss
+from minist.samplers import trainer_batches
 from minist.training import InputExample
 from minist.training_args import BatchSamplers, SentenceTransformerTrainingArguments
 
@@ -54,30 +54,6 @@ class TrainOutput(NamedTuple):
     global_step: int
     training_loss: float
     metrics: dict[str, float]
-
-
-def no_duplicates_pass(keys: list[set[str]], batch_size: int, drop_last: bool, generator) -> list[list[int]]:
-    """One shuffled pass of upstream's NoDuplicatesBatchSampler over rows whose texts are ``keys``: rows join
-    the batch in a random order, and one that shares a text with the batch waits, first in line, for the next.
-
-    Rows {a, b}, {a, c}, {d, e} drawn in that order, in batches of 2: the second shares "a" with the first and
-    waits, so the batches are [[0, 2], [1]]. (``fit``'s ``NoDuplicatesBatchSampler`` follows upstream's older
-    ``NoDuplicatesDataLoader`` instead, which skips such a row until the next pass and ignores case.)
-    """
-    line, batches = deque(torch.randperm(len(keys), generator=generator, dtype=torch.int32).tolist()), []
-    while line:
-        batch, seen, waiting = [], set(), []
-        while line and len(batch) < batch_size:
-            index = line.popleft()
-            if keys[index] & seen:
-                waiting.append(index)
-            else:
-                batch.append(index)
-                seen |= keys[index]
-        line.extendleft(reversed(waiting))
-        if len(batch) == batch_size or not drop_last:
-            batches.append(batch)
-    return batches
 
 
 class SentenceTransformerTrainer:
@@ -135,20 +111,10 @@ class SentenceTransformerTrainer:
         return examples
 
     def _batches(self, examples: list[InputExample], batch_size: int, epoch: int) -> list[list[int]]:
-        """One epoch's batches of row indices, drawn as upstream's samplers draw them for this seed and epoch."""
-        args, n = self.args, len(examples)
-        length = n // batch_size if args.dataloader_drop_last else math.ceil(n / batch_size)
-        if args.batch_sampler == BatchSamplers.BATCH_SAMPLER:  # torch's RandomSampler, reseeded each epoch
-            seed = args.seed if args.data_seed is None else args.data_seed
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
-            return [order[start:start + batch_size] for start in range(0, length * batch_size, batch_size)]
-        keys = [set(example.texts) for example in examples]  # texts compared as they are (not lowercased)
-        generator, batches = torch.Generator().manual_seed(args.seed + epoch), []
-        for _ in range(3):  # a pass with too few batches is followed by up to two more, as upstream
-            batches += no_duplicates_pass(keys, batch_size, args.dataloader_drop_last, generator)
-            if len(batches) >= length:
-                break
-        return batches[:length]  # the Trainer takes len(sampler) batches an epoch
+        """One epoch's batches of row indices, drawn as upstream's samplers draw them (``minist.samplers``)."""
+        args = self.args
+        return trainer_batches(examples, batch_size, epoch, args.batch_sampler != BatchSamplers.BATCH_SAMPLER,
+                               args.seed, args.data_seed, args.dataloader_drop_last)
 
     def _precision(self):
         """(autocast, gradient scaler) for ``bf16`` or ``fp16``; both disabled for float32."""

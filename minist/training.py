@@ -19,16 +19,16 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-import random
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from minist.inputs import check_count
 from minist.losses import Loss
 
 
@@ -48,44 +48,6 @@ class InputExample:
     def __post_init__(self):
         if not isinstance(self.texts, list | tuple) or not all(isinstance(t, str) for t in self.texts):
             raise TypeError(f"InputExample texts must be a list of strings, not {self.texts!r:.80}.")
-
-
-class NoDuplicatesBatchSampler(Sampler[list[int]]):
-    """Batches of example indices in which no text comes twice (case and outer spaces ignored): a duplicate
-    would be its own in-batch negative for MultipleNegativesRankingLoss. Draws as sentence-transformers'
-    ``NoDuplicatesDataLoader`` does, from Python's ``random``: the same seed gives the same batches.
-    """
-
-    def __init__(self, examples: list[InputExample], batch_size: int):
-        self.keys = [{text.strip().lower() for text in example.texts} for example in examples]
-        self.batch_size, self.order, self.pointer = batch_size, list(range(len(examples))), 0
-        random.shuffle(self.order)
-
-    def __len__(self) -> int:
-        return len(self.keys) // self.batch_size
-
-    def __iter__(self):
-        for _ in range(len(self)):
-            batch, seen, looked = [], set(), 0
-            while len(batch) < self.batch_size:
-                looked += 1
-                if looked > 2 * len(self.order):  # upstream would loop forever here
-                    raise ValueError(f"NoDuplicatesDataLoader found no {self.batch_size} examples that share no "
-                                     "text: lower batch_size, or remove the repeated texts.")
-                index = self.order[self.pointer]
-                if not self.keys[index] & seen:
-                    batch.append(index)
-                    seen |= self.keys[index]
-                self.pointer += 1
-                if self.pointer == len(self.order):  # the end of the data: reshuffle and go on
-                    self.pointer = 0
-                    random.shuffle(self.order)
-            yield batch
-
-
-def NoDuplicatesDataLoader(train_examples: list[InputExample], batch_size: int) -> DataLoader:
-    """A ``DataLoader`` whose batches hold no text twice (``NoDuplicatesBatchSampler``), for ``model.fit``."""
-    return DataLoader(train_examples, batch_sampler=NoDuplicatesBatchSampler(train_examples, batch_size))
 
 
 def collate(model, examples: list[InputExample], use_labels: bool = True) -> tuple[list[dict], torch.Tensor]:
@@ -110,11 +72,8 @@ def check_settings(optimizer_params: dict, max_grad_norm: float, **counts: int) 
         raise ValueError(f"max_grad_norm must be positive, not {max_grad_norm!r}.")
     for name, value in counts.items():
         least = 0 if name in ("warmup_steps", "evaluation_steps", "checkpoint_save_steps") else 1
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            ratio = " It counts steps: for a ratio, multiply it by the number of steps." * (name == "warmup_steps")
-            raise TypeError(f"{name} must be an int, not {value!r}.{ratio}")
-        if value < least:
-            raise ValueError(f"{name} must be at least {least}, not {value}.")
+        check_count(name, value, least, hint="It counts steps: for a ratio, multiply it by the number of steps."
+                    if name == "warmup_steps" else "")
 
 
 def check_objective(objective, model, number: int) -> tuple[DataLoader, Loss]:

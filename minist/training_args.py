@@ -36,7 +36,9 @@ class SentenceTransformerTrainingArguments:
     below them), with their defaults. An argument of upstream's that minist leaves out is refused by name, and so
     is a value minist does not mirror (``lr_scheduler_type="cosine"``); ``report_to`` and ``run_name`` are ignored.
 
-    >>> SentenceTransformerTrainingArguments(output_dir="out", num_train_epochs=1, warmup_ratio=0.1)  # doctest: +SKIP
+    >>> args = SentenceTransformerTrainingArguments(output_dir="out", num_train_epochs=1, warmup_ratio=0.1)
+    >>> args.batch_sampler, args.learning_rate  # upstream's defaults
+    (<BatchSamplers.BATCH_SAMPLER: 'batch_sampler'>, 5e-05)
     """
 
     output_dir: str | None = None  # checkpoints go to output_dir/checkpoint-<step>, evaluator results to .../eval

@@ -5,6 +5,7 @@ Only re-exports, so that snippets written for sentence-transformers (``util.cos_
 """
 
 from minist.clustering import community_detection
+from minist.quantization import quantize_embeddings
 from minist.search import paraphrase_mining, paraphrase_mining_embeddings, semantic_search
 from minist.similarity import (
     cos_sim,
@@ -17,6 +18,7 @@ from minist.similarity import (
     pairwise_euclidean_sim,
     pairwise_manhattan_sim,
     pytorch_cos_sim,
+    truncate_embeddings,
 )
 
 __all__ = [
@@ -33,5 +35,7 @@ __all__ = [
     "paraphrase_mining",
     "paraphrase_mining_embeddings",
     "pytorch_cos_sim",
+    "quantize_embeddings",
     "semantic_search",
+    "truncate_embeddings",
 ]

@@ -16,8 +16,9 @@ ids back to text. Character classes come from Python's ``unicodedata``; the Rust
 older, so a character that Unicode assigned recently (say, a new punctuation mark) may be split
 differently there. The tests draw their random characters from those both agree on.
 
->>> tokenizer = WordPieceTokenizer.from_pretrained(model_dir)  # doctest: +SKIP
->>> tokenizer.tokenize("Tokenizers aren't magic")  # doctest: +SKIP
+>>> from minist.hub import resolve_model_folder
+>>> tokenizer = WordPieceTokenizer.from_pretrained(resolve_model_folder("all-MiniLM-L6-v2"))
+>>> tokenizer.tokenize("Tokenizers aren't magic")
 ['token', '##izer', '##s', 'aren', "'", 't', 'magic']
 """
 

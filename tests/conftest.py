@@ -1,4 +1,10 @@
-"""Shared fixtures: tiny random models built in code (fast, offline) and the real all-MiniLM-L6-v2."""
+"""Shared fixtures: tiny random models built in code (fast, offline) and the real all-MiniLM-L6-v2, and the tiers.
+
+The real model is loaded once per session, in each library (``real_model``, ``st_real_model``): a test that
+changes it works on ``copy.deepcopy(real_model)``. A test that uses it, or its folder, is marked ``real_model``
+here; tests of 3 s or more (and every notebook) are marked ``slow``, so ``pytest -m "not slow"`` is the fast
+tier, and the summary names any unmarked test that took 10 s or more.
+"""
 
 from __future__ import annotations
 
@@ -79,11 +85,26 @@ def real_model_dir() -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def real_model(real_model_dir):
+    """minist's all-MiniLM-L6-v2 on the CPU, shared by the session: never change it (deep-copy it first)."""
+    from minist import SentenceTransformer
+
+    return SentenceTransformer(real_model_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def st_real_model(real_model_dir) -> STModel:
+    """sentence-transformers' all-MiniLM-L6-v2 on the CPU, shared by the session: never change it."""
+    return STModel(str(real_model_dir), device="cpu")
+
+
 @pytest.fixture
 def fake_cpu(monkeypatch):
     """``fake_cpu("AVX2", onnxruntime=False)``: minist now sees a CPU with only these instruction sets (names
     of ``minist.cpu.FEATURES``), through a faked answer of torch's cpuinfo, and ONNX Runtime as given."""
-    from minist.cpu import FEATURES, log_once
+    from minist.cpu import FEATURES
+    from minist.inputs import log_once
 
     def fake(*present: str, onnxruntime: bool = True) -> None:
         assert set(present) <= set(FEATURES), present
@@ -102,3 +123,37 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     setattr(item, f"rep_{report.when}", report)
+
+
+REAL_MODEL_FIXTURES = {"real_model_dir", "real_model", "st_real_model"}
+TOO_SLOW_UNMARKED = 10  # seconds; the slow marker goes on tests of 3 s or more
+_seconds: dict[str, float] = {}
+_slow: set[str] = set()
+
+
+def pytest_collection_modifyitems(items):
+    """Mark what loads the real model (a docstring example too), and every notebook cell: a notebook runs whole,
+    so its cells are slow."""
+    for item in items:
+        example = getattr(getattr(item, "dtest", None), "docstring", None) or ""  # a docstring example's text
+        if REAL_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())) or "all-MiniLM-L6-v2" in example:
+            item.add_marker(pytest.mark.real_model)
+        if item.path.suffix == ".ipynb":
+            item.add_marker(pytest.mark.slow)
+            item.add_marker(pytest.mark.real_model)
+        if item.get_closest_marker("slow") or item.get_closest_marker("browser"):
+            _slow.add(item.nodeid)
+
+
+def pytest_runtest_logreport(report):
+    if report.when in ("setup", "call"):
+        _seconds[report.nodeid] = _seconds.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Name the tests that took 10 s or more without the ``slow`` marker: they would slow the fast tier."""
+    unmarked = sorted((s, n) for n, s in _seconds.items() if s >= TOO_SLOW_UNMARKED and n not in _slow)
+    if unmarked:
+        terminalreporter.section("tests of 10 s or more without the slow marker")
+        for seconds, nodeid in reversed(unmarked):
+            terminalreporter.write_line(f"{seconds:6.1f} s  {nodeid}")

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from sentence_transformers.util.quantization import quantize_embeddings as st_quantize
 
-from minist import SentenceTransformer
 from minist.ann import VectorIndex, recall_at_k
 from minist.quantization import dequantize_int8, hamming_top_k, quantize_embeddings, unpack_binary
 from minist.search import semantic_search
@@ -17,12 +16,11 @@ DATA = Path(__file__).resolve().parent.parent / "data"
 
 
 @pytest.fixture(scope="module")
-def real(real_model_dir):
+def real(real_model):
     """The data/ corpus and its queries (plus 100 documents as extra queries), embedded by the real model."""
     docs = [json.loads(line)["text"] for line in (DATA / "corpus.jsonl").read_text().splitlines()]
     queries = [json.loads(line)["query"] for line in (DATA / "queries.jsonl").read_text().splitlines()]
-    model = SentenceTransformer(real_model_dir, device="cpu")
-    return model.encode(docs), model.encode(queries + docs[:100])
+    return real_model.encode(docs), real_model.encode(queries + docs[:100])
 
 
 def clustered(n: int, seed: int, dim: int = 64) -> np.ndarray:

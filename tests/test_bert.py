@@ -46,8 +46,8 @@ def test_attention_weights_match_and_ignore_padding(real_model_dir):
     assert ours.attentions[0][0, :, :, 6:].max() == 0  # the short sentence's padding gets no weight
 
 
-def test_sentence_embeddings_through_the_minist_backend(real_model_dir):
-    default = SentenceTransformer(real_model_dir, device="cpu").encode(SENTENCES)
+def test_sentence_embeddings_through_the_minist_backend(real_model, real_model_dir):
+    default = real_model.encode(SENTENCES)
     scratch = SentenceTransformer(real_model_dir, device="cpu", backend="minist")
     assert isinstance(scratch[0].auto_model, BertModel)
     assert np.abs(scratch.encode(SENTENCES) - default).max() <= 1e-5

@@ -195,7 +195,7 @@ def damage(folder, name, how):
     ("meta.json", "truncate", "not valid JSON"),
     ("meta.json", "garbage", "not valid JSON"),
     ("meta.json", "not an object", "not a JSON object"),
-    ("meta.json", "wrong rows", "'rows' is -1"),
+    ("meta.json", "wrong rows", "rows must be at least 0, not -1"),
     ("meta.json", "delete", "meta.json is missing"),
 ])
 def test_a_damaged_cache_is_refused_at_open_naming_the_file(tmp_path, model, name, how, message):
@@ -259,6 +259,7 @@ def test_two_threads_adding_at_once_lose_nothing(tmp_path, model):
     np.testing.assert_allclose(cache.embeddings, model.encode(cache.texts, normalize_embeddings=True), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_killed_at_random_moments_every_acknowledged_row_survives(tmp_path, model):
     EmbeddingCache(tmp_path / "c", model)
     rng, batch = random.Random(0), 0

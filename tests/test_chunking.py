@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from minist import SentenceTransformer
 from minist.chunking import chunk_documents, chunk_text
 from minist.wordpiece import WordPieceTokenizer
 
@@ -17,9 +16,9 @@ CORPUS = [json.loads(line)["text"] for line in
 LONG = " ".join(CORPUS[:60])  # about 900 tokens
 
 
-@pytest.fixture(scope="module")
-def model(real_model_dir):
-    return SentenceTransformer(real_model_dir, device="cpu")
+@pytest.fixture
+def model(real_model):
+    return real_model
 
 
 @pytest.mark.parametrize(("max_tokens", "overlap"), [(256, 32), (64, 0), (40, 10)])
@@ -53,11 +52,12 @@ def test_chunks_are_encoded_without_truncation(model, caplog):
     ("64", 0, "max_tokens must be an int, not str '64'"),
     (64.0, 0, "max_tokens must be an int, not float 64.0"),
     (True, 0, "max_tokens must be an int, not bool"),
-    (2, 0, "max_tokens=2 leaves no room for text beside the tokenizer's 2 special tokens; it must be at least 3"),
-    (-5, 0, "max_tokens=-5 leaves no room"),
-    (300, 0, r"max_tokens=300 is more than the model reads \(tokenizer.model_max_length=256\)"),
-    (64, -1, "overlap must be at least 0 and below 62 .*, not -1"),
-    (64, 62, "overlap must be at least 0 and below 62 .*, not 62"),
+    (2, 0, r"max_tokens must be from 3 to 256 \(room for text beside the 2 special tokens, and no more than the "
+           r"model reads\), not 2"),
+    (-5, 0, "max_tokens must be from 3 to 256 .*, not -5"),
+    (300, 0, "max_tokens must be from 3 to 256 .*, not 300"),
+    (64, -1, r"overlap must be from 0 to 61 \(below the 62 tokens a chunk holds\), not -1"),
+    (64, 62, "overlap must be from 0 to 61 .*, not 62"),
     (64, 3.5, "overlap must be an int, not float 3.5"),
     (3, 0, None),  # the smallest window: one token beside [CLS] and [SEP]
 ])
@@ -65,9 +65,11 @@ def test_wrong_numbers_are_named(model, max_tokens, overlap, named):
     if named is None:
         assert len(chunk_text("the cat sat", model.tokenizer, max_tokens, overlap)) == 3
         return
-    with pytest.raises(ValueError, match=named):
+    error = ValueError if isinstance(max_tokens, int) and isinstance(overlap, int) else TypeError  # True: a bool
+    error = TypeError if True in (max_tokens, overlap) and isinstance(max_tokens, bool) else error
+    with pytest.raises(error, match=named):
         chunk_text(LONG, model.tokenizer, max_tokens, overlap)
-    with pytest.raises(ValueError, match=named):
+    with pytest.raises(error, match=named):
         chunk_documents([], model.tokenizer, max_tokens, overlap)  # checked even with nothing to cut
 
 

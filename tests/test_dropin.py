@@ -1,4 +1,10 @@
-"""Today's sentence-transformers names (issue 13), each compared with sentence-transformers 6 on the same inputs."""
+"""Today's sentence-transformers names (issues 13 and 24), each compared with sentence-transformers 6 on the same
+inputs: the same numbers, and the same exception type and message, or warning, where a user would match on it."""
+
+import json
+import logging
+import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -8,7 +14,9 @@ from conftest import TINY_SENTENCES
 from sentence_transformers import SentenceTransformer as STModel
 from sentence_transformers import util as st_util
 
-from minist import SentenceTransformer, SimilarityFunction, util
+from minist import SentenceTransformer, SimilarityFunction, losses, util
+from minist.encoding import TRUNCATED
+from minist.inputs import log_once
 
 
 @pytest.fixture(scope="module")
@@ -143,13 +151,15 @@ def test_pooling_and_dense_take_upstreams_argument_names():
                   {"pooling_mode_mean_tokens": False}, {"pooling_mode_lasttoken": True}):
         with pytest.warns(FutureWarning):
             expected = STPooling(word_embedding_dimension=4, **flags)
-        ours = Pooling(word_embedding_dimension=4, **flags)
+        with pytest.warns(FutureWarning):
+            ours = Pooling(word_embedding_dimension=4, **flags)
         assert ours.pooling_mode == expected.pooling_mode
         assert ours.get_embedding_dimension() == expected.get_embedding_dimension()
-    with pytest.raises(TypeError, match="pooling_mode_median"):
-        Pooling(4, pooling_mode_median=True)
-    with pytest.raises(TypeError, match="once"):
-        Pooling(4, word_embedding_dimension=4)
+    for cls in (Pooling, STPooling):  # an unknown keyword, or the size given twice, is a TypeError in both
+        with pytest.raises(TypeError, match="pooling_mode_median"):
+            cls(4, pooling_mode_median=True)
+        with pytest.raises(TypeError, match="multiple values for argument 'embedding_dimension'"):
+            cls(4, word_embedding_dimension=4)
 
     x = {"sentence_embedding": torch.randn(3, 4)}
     for activation in (None, torch.nn.ReLU()):
@@ -326,3 +336,189 @@ def test_save_safe_serialization_writes_upstreams_files(tmp_path, tiny_st_dir, s
     assert (tmp_path / "ours" / "2_Dense" / ("model.safetensors" if safe else "pytorch_model.bin")).is_file()
     np.testing.assert_allclose(STModel(str(tmp_path / "ours"), device="cpu").encode(TINY_SENTENCES),
                                theirs.encode(TINY_SENTENCES), atol=1e-5)
+
+
+# --- issue 24: the last mile of drop-in ------------------------------------------------------------------------
+@pytest.fixture
+def heard(caplog):
+    """``heard("minist")``: the warnings logged so far by that library (each "once" message heard afresh), but
+    minist's own count of truncated texts, which upstream does not log."""
+    log_once.cache_clear()
+    logging.Logger.warning_once.cache_clear()  # transformers' once-per-process, which upstream logs through
+    caplog.set_level(logging.WARNING)
+    yield lambda library: [r.getMessage() for r in caplog.records
+                           if r.name.split(".")[0] == library and r.msg != TRUNCATED]
+    log_once.cache_clear()
+
+
+def raised(function, *args, **kwargs) -> tuple[type, str] | None:
+    """The type and message of what ``function(*args, **kwargs)`` raises, or None."""
+    try:
+        function(*args, **kwargs)
+    except Exception as error:
+        return type(error), str(error)
+    return None
+
+
+def test_encode_takes_inputs_and_the_older_sentences_with_upstreams_warning_once(pair, heard):
+    ours, theirs = pair
+    for method in ("encode", "encode_query", "encode_document"):
+        np.testing.assert_allclose(getattr(ours, method)(inputs=TINY_SENTENCES),
+                                   getattr(theirs, method)(inputs=TINY_SENTENCES), atol=1e-5)
+        for _ in range(2):
+            np.testing.assert_allclose(getattr(ours, method)(sentences=TINY_SENTENCES[:3]),
+                                       getattr(theirs, method)(sentences=TINY_SENTENCES[:3]), atol=1e-5)
+    assert heard("minist") == heard("sentence_transformers") == [
+        "The `sentences` argument was renamed and is now deprecated. Please use `inputs` instead."]
+
+
+def test_none_means_what_it_means_upstream(pair):
+    ours, theirs = pair
+    for name in ("precision", "prompt_name", "prompt", "truncate_dim", "chunk_size"):  # None: the default
+        np.testing.assert_allclose(ours.encode(TINY_SENTENCES, **{name: None}),
+                                   theirs.encode(TINY_SENTENCES, **{name: None}), atol=1e-5)
+    # output_value=None: every feature of every text, as a dict; minist cuts each to the text's own tokens
+    ours_all, theirs_all = ours.encode(TINY_SENTENCES, output_value=None), theirs.encode(TINY_SENTENCES,
+                                                                                         output_value=None)
+    assert isinstance(ours_all, list) and len(ours_all) == len(theirs_all) == len(TINY_SENTENCES)
+    for mine, upstream in zip(ours_all, theirs_all, strict=True):
+        assert set(mine) == set(upstream) - {"modality"}  # upstream's multimodal tag: minist reads text only
+        real = upstream["attention_mask"].bool()
+        assert mine["attention_mask"].all() and len(mine["attention_mask"]) == real.sum()
+        assert mine["input_ids"].tolist() == upstream["input_ids"][real].tolist()
+        torch.testing.assert_close(mine["token_embeddings"], upstream["token_embeddings"][real], atol=1e-5, rtol=0)
+        torch.testing.assert_close(mine["sentence_embedding"], upstream["sentence_embedding"], atol=1e-5, rtol=0)
+    single = ours.encode(TINY_SENTENCES[0], output_value=None, truncate_dim=3)
+    assert isinstance(single, dict) and single["sentence_embedding"].shape == (3,)
+    with pytest.raises(ValueError, match="output_value=None"):
+        ours.encode(TINY_SENTENCES, output_value=None, precision="int8")
+
+
+def test_util_truncate_embeddings_and_quantize_embeddings_are_upstreams(pair):
+    ours, _ = pair
+    embeddings = ours.encode(TINY_SENTENCES)
+    for given in (embeddings, torch.from_numpy(embeddings)):
+        for dim in (None, 3, 8):
+            got, expected = util.truncate_embeddings(given, dim), st_util.truncate_embeddings(given, dim)
+            assert type(got) is type(expected) and got.shape == expected.shape and (got == expected).all()
+    for bad in (0, -2, 9):  # upstream gives an empty, a cut-from-the-end or an uncut matrix: minist says why not
+        with pytest.raises(ValueError, match="truncate_dim must be from 1 to 8"):
+            util.truncate_embeddings(embeddings, bad)
+    np.testing.assert_array_equal(util.quantize_embeddings(embeddings, "int8"),
+                                  st_util.quantize_embeddings(embeddings, "int8"))
+
+
+def test_pooling_legacy_keywords_and_invalid_modes_as_upstream(heard):
+    from sentence_transformers.sentence_transformer.modules import Pooling as STPooling
+
+    from minist.pooling import Pooling
+
+    for kwargs in ({"pooling_mode_cls_token": True, "pooling_mode_max_tokens": True},
+                   {"pooling_mode": "max", "pooling_mode_cls_token": True},  # pooling_mode wins, with the warning
+                   {"pooling_mode_mean_tokens": False}):
+        with warnings.catch_warnings(record=True) as ours_warned:
+            warnings.simplefilter("always")
+            ours = Pooling(4, **kwargs)
+        with warnings.catch_warnings(record=True) as theirs_warned:
+            warnings.simplefilter("always")
+            theirs = STPooling(4, **kwargs)
+        assert ours.pooling_mode == theirs.pooling_mode
+        assert [(w.category, str(w.message)) for w in ours_warned] == [(w.category, str(w.message))
+                                                                      for w in theirs_warned]
+        assert ours_warned[0].category is FutureWarning and ours_warned[0].filename == __file__  # the caller's line
+    ours, theirs = Pooling(word_embedding_dimension=4), STPooling(word_embedding_dimension=4)
+    assert ours.get_embedding_dimension() == theirs.get_embedding_dimension() == 4
+    assert heard("minist") == heard("sentence_transformers") == [
+        "The `word_embedding_dimension` argument was renamed and is now deprecated. Please use `embedding_dimension` "
+        "instead."]
+    for mode in ("median", ("cls", "median"), ["MEAN"]):
+        assert raised(Pooling, 4, mode) == raised(STPooling, 4, mode) == (ValueError, (
+            f"Invalid pooling mode: {'MEAN' if mode == ['MEAN'] else 'median'!r}. Valid pooling modes are: ('cls', "
+            "'max', 'mean', 'mean_sqrt_len_tokens', 'weightedmean', 'lasttoken')."))
+
+
+def test_matryoshka_loss_checks_as_upstream(tiny_st_dir, heard):
+    from sentence_transformers.sentence_transformer import losses as st_losses
+
+    for truncate_dim in (None, 4):  # the model's own size counts, whatever its truncate_dim
+        ours = SentenceTransformer(tiny_st_dir, device="cpu", truncate_dim=truncate_dim)
+        theirs = STModel(str(tiny_st_dir), device="cpu", truncate_dim=truncate_dim)
+        for dims, weights in [([], None), ([0, 4], None), ([8, -1], None), ([8, 4], [1.0]), ([16, 4], None),
+                              ([8, 4], [2, 1]), ([4, 2], None)]:
+            assert raised(losses.MatryoshkaLoss, ours, losses.CoSENTLoss(ours), dims, weights) == \
+                raised(st_losses.MatryoshkaLoss, theirs, st_losses.CoSENTLoss(theirs), dims, weights)
+    assert heard("minist") == heard("sentence_transformers")[-2:] == 2 * [  # [4, 2] lacks the full 8
+        "The model's embedding dimension 8 is not included in matryoshka_dims: [4, 2]. This means that the full model "
+        "dimension won't be trained, which may lead to degraded performance when using the model without specifying "
+        "a lower truncation dimension. It is strongly recommended to include 8 in matryoshka_dims."]
+
+
+def test_contrastive_loss_checks_labels_on_the_first_batch_only_as_upstream(pair):
+    from sentence_transformers.sentence_transformer import losses as st_losses
+
+    embeddings = [torch.randn(3, 8, generator=torch.Generator().manual_seed(0)) for _ in range(2)]
+    for first, second in (([1.0, 0.0, 1.0], [0.5, 0.2, 1.0]), ([0.5, 1.0, 0.0], [0.5, 0.0, 1.0])):
+        caught = []
+        for library, model in ((losses, pair[0]), (st_losses, pair[1])):
+            loss = library.ContrastiveLoss(model)
+            with warnings.catch_warnings(record=True) as warned:
+                warnings.simplefilter("always")
+                values = [loss.compute_loss_from_embeddings(embeddings, torch.tensor(labels))
+                          for labels in (first, second)]
+            caught.append(([str(w.message) for w in warned], [v.item() for v in values]))
+        assert caught[0][0] == caught[1][0] and caught[0][1] == pytest.approx(caught[1][1], abs=1e-6)
+        assert len(caught[0][0]) == (first[0] == 0.5)  # only the first batch is looked at
+    mismatch = [torch.randn(3, 8), torch.randn(3, 8)], torch.tensor([1.0, 0.0])
+    assert raised(losses.ContrastiveLoss(pair[0]).compute_loss_from_embeddings, *mismatch) == \
+        raised(st_losses.ContrastiveLoss(pair[1]).compute_loss_from_embeddings, *mismatch) == (
+            ValueError, "ContrastiveLoss expects 3 labels (one per example), but got 2 labels with shape (2,).")
+
+
+def test_prompt_warnings_and_errors_as_upstream(pair, tiny_st_dir, heard):
+    ours, theirs = pair
+    np.testing.assert_allclose(ours.encode(TINY_SENTENCES, prompt="q: ", prompt_name="query"),
+                               theirs.encode(TINY_SENTENCES, prompt="q: ", prompt_name="query"), atol=1e-5)
+    assert raised(ours.encode, ["a"], prompt_name="nope") == raised(theirs.encode, ["a"], prompt_name="nope")
+    assert raised(SentenceTransformer, tiny_st_dir, device="cpu", default_prompt_name="nope") == \
+        raised(STModel, str(tiny_st_dir), device="cpu", default_prompt_name="nope")
+    kwargs = {"prompts": {"q": "query: ", "none": None}, "default_prompt_name": "q"}
+    ours_q, theirs_q = SentenceTransformer(tiny_st_dir, device="cpu", **kwargs), STModel(str(tiny_st_dir),
+                                                                                        device="cpu", **kwargs)
+    assert ours_q.prompts == theirs_q.prompts  # None read as no prompt
+    np.testing.assert_allclose(ours_q.encode(TINY_SENTENCES), theirs_q.encode(TINY_SENTENCES), atol=1e-5)
+    assert heard("minist") == [m for m in heard("sentence_transformers") if "Loaded" not in m] == [
+        "Provide either a `prompt`, a `prompt_name`, or neither, but not both. Ignoring the `prompt_name` in favor "
+        "of `prompt`.",
+        "Default prompt name is set to 'q'. This prompt applies unless overridden by `prompt`, `prompt_name`, or a "
+        "method-specific prompt, including an empty prompt."]
+
+
+def dense_folder(tmp_path, tiny_st_dir, **changes):
+    folder = shutil.copytree(tiny_st_dir, tmp_path / "model")
+    config_file = folder / "2_Dense" / "config.json"
+    config_file.write_text(json.dumps(json.loads(config_file.read_text()) | changes))
+    return folder
+
+
+@pytest.mark.parametrize(("changes", "warned"), [
+    ({"pooling": "mean", "version": 3}, "Ignoring unrecognized Dense config key(s) ['pooling', 'version']"),
+    ({"activation_function": "os.system"}, "Activation function path 'os.system' is not trusted, falling back to "
+                                           "the default activation function (Tanh)."),
+    ({"use_residual": False, "module_input_name": "sentence_embedding", "module_output_name": None}, None),
+])
+def test_dense_config_loads_as_upstream(tmp_path, tiny_st_dir, heard, changes, warned):
+    folder = dense_folder(tmp_path, tiny_st_dir, **changes)
+    ours, theirs = SentenceTransformer(folder, device="cpu"), STModel(str(folder), device="cpu")
+    np.testing.assert_allclose(ours.encode(TINY_SENTENCES), theirs.encode(TINY_SENTENCES), atol=1e-5)
+    mine, upstream = heard("minist"), [m for m in heard("sentence_transformers") if "Dense" in m or "Activ" in m]
+    assert [m[:len(warned)] for m in mine] == [m[:len(warned)] for m in upstream] == ([warned] if warned else [])
+
+
+def test_dense_config_refusals(tmp_path, tiny_st_dir):
+    folder = dense_folder(tmp_path, tiny_st_dir, activation_function="torch.tanh")  # a function, not a module
+    assert raised(SentenceTransformer, folder, device="cpu")[1].endswith(
+        raised(STModel, str(folder), device="cpu")[1])  # minist names the file first
+    shutil.rmtree(folder)
+    folder = dense_folder(tmp_path, tiny_st_dir, use_residual=True)  # upstream adds the input: minist leaves it out
+    with pytest.raises(ValueError, match="use_residual=True, which minist's Dense leaves out"):
+        SentenceTransformer(folder, device="cpu")

@@ -19,9 +19,9 @@ def read(name):
     return [json.loads(line) for line in (BIKEFIX / name).read_text().splitlines()]
 
 
-@pytest.fixture(scope="module")
-def models(real_model_dir):
-    return SentenceTransformer(real_model_dir, device="cpu"), STModel(str(real_model_dir), device="cpu")
+@pytest.fixture
+def models(real_model, st_real_model):
+    return real_model, st_real_model
 
 
 @pytest.fixture(scope="module")
@@ -73,15 +73,15 @@ def test_information_retrieval_evaluator_matches(models, retrieval_data, kwargs)
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"query_prompt": "q: "}, {"corpus_prompt_name": "query"}])
-def test_information_retrieval_evaluator_encodes_with_the_models_prompts_as_upstream(real_model_dir, retrieval_data,
-                                                                                      kwargs):
+def test_information_retrieval_evaluator_encodes_with_the_models_prompts_as_upstream(real_model_dir, real_model,
+                                                                                      retrieval_data, kwargs):
     prompts = {"query": "query: ", "document": "passage: "}
     ours = SentenceTransformer(real_model_dir, device="cpu", prompts=prompts)
     theirs = STModel(str(real_model_dir), device="cpu", prompts=prompts)
     got = evaluation.InformationRetrievalEvaluator(*retrieval_data, **kwargs)(ours)
     expected = st_evaluation.InformationRetrievalEvaluator(*retrieval_data, **kwargs)(theirs)
     assert set(got) == set(expected) and all(abs(got[k] - expected[k]) <= 1e-5 for k in expected)
-    plain = evaluation.InformationRetrievalEvaluator(*retrieval_data)(SentenceTransformer(real_model_dir, device="cpu"))
+    plain = evaluation.InformationRetrievalEvaluator(*retrieval_data)(real_model)
     assert got != plain  # the prompts were used
 
 
@@ -145,8 +145,8 @@ QUERIES, CORPUS, RELEVANT = {"q1": "flat tyre", "q2": "squeaky chain"}, {"d1": "
     ((list(QUERIES.values()), CORPUS, RELEVANT), {}, TypeError, "queries must be a dict keyed by id, not list"),
     ((QUERIES, {"d1": None}, RELEVANT), {}, TypeError, r"corpus\['d1'\] is None, not a string"),
     ((QUERIES, CORPUS, RELEVANT), {"precision_recall_at_k": [0, 1]}, ValueError,
-     r"precision_recall_at_k must be a non-empty list of positive ints, not \[0, 1\]"),
-    ((QUERIES, CORPUS, RELEVANT), {"ndcg_at_k": []}, ValueError, "ndcg_at_k must be a non-empty list"),
+     r"precision_recall_at_k\[0\] must be at least 1, not 0"),
+    ((QUERIES, CORPUS, RELEVANT), {"ndcg_at_k": []}, ValueError, "ndcg_at_k must list at least one k"),
 ])
 def test_information_retrieval_evaluator_refuses_what_it_cannot_score(arguments, kwargs, error, message):
     with pytest.raises(error, match=message):

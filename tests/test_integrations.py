@@ -19,9 +19,9 @@ QUERIES = {"Which planet is the biggest?": "Jupiter is the largest planet in our
            "Can dogs eat chocolate?": "Chocolate is poisonous to dogs."}
 
 
-@pytest.fixture(scope="module")
-def model(real_model_dir):
-    return SentenceTransformer(real_model_dir, device="cpu")
+@pytest.fixture
+def model(real_model):
+    return real_model
 
 
 def test_langchain_in_memory_vector_store(model):
@@ -88,6 +88,7 @@ def test_missing_extra_names_it(monkeypatch, module, dependency, extra):
         importlib.import_module(module)
 
 
+@pytest.mark.slow
 def test_the_core_never_imports_the_integrations():
     code = "import minist, sys; print(any(m.startswith(('langchain', 'llama_index')) for m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"

@@ -62,6 +62,7 @@ def lay_out_hub_cache(cache, repo_id, model_folder, commit="0123456789abcdef0123
     (repo / "refs" / "main").write_text(commit)
 
 
+@pytest.mark.slow
 def test_hub_ids_and_short_names_load_from_the_hugging_face_cache_offline(tmp_path, tiny_st_dir):
     cache = tmp_path / "hub"
     lay_out_hub_cache(cache, "minist-test/tiny-model", tiny_st_dir)
@@ -118,14 +119,6 @@ def test_older_dense_weights_in_pytorch_model_bin_load(tmp_path, tiny_st_dir):
                                   SentenceTransformer(tiny_st_dir, device="cpu").encode(TINY_SENTENCES))
     (dense / "pytorch_model.bin").unlink()
     with pytest.raises(FileNotFoundError, match="No Dense weights"):
-        SentenceTransformer(folder)
-
-
-def test_dense_activation_outside_torch_nn_is_refused(tmp_path, tiny_st_dir):
-    folder = shutil.copytree(tiny_st_dir, tmp_path / "m")
-    config_file = folder / "2_Dense" / "config.json"
-    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "activation_function": "os.system"}))
-    with pytest.raises(ValueError, match=r"os\.system"):
         SentenceTransformer(folder)
 
 

@@ -16,11 +16,17 @@ LABELS = [0.9, 0.1, 0.8, 0.0, 0.6]
 TRIPLES = [(a, b, PAIRS[(i + 1) % len(PAIRS)][1]) for i, (a, b) in enumerate(PAIRS)]
 
 
-@pytest.fixture(scope="module", params=["tiny", "real"])
-def models(request, tiny_st_dir, real_model_dir):
-    folder = tiny_st_dir if request.param == "tiny" else real_model_dir
-    ours, theirs = SentenceTransformer(folder, device="cpu").eval(), STModel(str(folder), device="cpu").eval()
-    return ours, theirs
+@pytest.fixture(scope="module")
+def tiny_models(tiny_st_dir):
+    return SentenceTransformer(tiny_st_dir, device="cpu").eval(), STModel(str(tiny_st_dir), device="cpu").eval()
+
+
+@pytest.fixture(params=["tiny", "real"])
+def models(request):
+    """(minist's, sentence-transformers') model: the tiny one, or the real one shared by the session (unchanged)."""
+    if request.param == "tiny":
+        return request.getfixturevalue("tiny_models")
+    return request.getfixturevalue("real_model").eval(), request.getfixturevalue("st_real_model").eval()
 
 
 def batch(model, rows, labels=None):
@@ -127,9 +133,9 @@ def test_losses_learn(tiny_st_dir):
 
 def test_matryoshka_refuses_impossible_dimensions(tiny_st_dir):
     model = SentenceTransformer(tiny_st_dir, device="cpu")
-    with pytest.raises(ValueError, match="between 1 and 8"):
+    with pytest.raises(ValueError, match="cannot exceed the model's embedding dimension of 8"):
         losses.MatryoshkaLoss(model, losses.CoSENTLoss(model), [16, 4])
-    with pytest.raises(ValueError, match="one weight per dimension"):
+    with pytest.raises(ValueError, match="must be the same length"):
         losses.MatryoshkaLoss(model, losses.CoSENTLoss(model), [8, 4], [1.0])
     with pytest.raises(TypeError, match=r"wraps a loss module, e\.g\. losses\.CoSENTLoss\(model\), not builtins"):
         losses.MatryoshkaLoss(model, len, [8, 4])

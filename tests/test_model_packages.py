@@ -65,6 +65,7 @@ def fake(tmp_path, tiny_st_dir, monkeypatch):
 
 
 @pytest.mark.real_model
+@pytest.mark.slow
 def test_all_mpnet_base_v2_is_assembled_from_its_packages_and_matches_sentence_transformers(tmp_path, monkeypatch):
     from sentence_transformers import SentenceTransformer as STModel
 
@@ -159,6 +160,7 @@ CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_two_processes_loading_first_at_once_both_succeed_and_one_assembles(fake, tiny_st_dir, tmp_path):
     barrier = tmp_path / "barrier"
     barrier.mkdir()

@@ -69,12 +69,14 @@ def tiny_pool(tiny):
 
 # --- the pool -------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("chunk_size", [None, 7, 1000])
+@pytest.mark.slow
 def test_pool_gives_encodes_numbers_in_input_order(tiny, tiny_pool, chunk_size):
     pooled = tiny.encode(TEXTS, pool=tiny_pool, chunk_size=chunk_size)
     assert pooled.shape == (len(TEXTS), 8) and pooled.dtype == np.float32
     np.testing.assert_allclose(pooled, tiny.encode(TEXTS), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_pool_passes_encodes_options(tiny, tiny_pool):
     texts = TEXTS[:50]
     for options in [{"prompt": "the cat: "}, {"normalize_embeddings": True, "truncate_dim": 4}, {"batch_size": 3},
@@ -92,17 +94,20 @@ def test_pool_passes_encodes_options(tiny, tiny_pool):
     assert tiny.encode([], pool=tiny_pool).shape == (0, 8)
 
 
+@pytest.mark.slow
 def test_progress_bar_counts_chunks(tiny, tiny_pool, capsys):
     tiny.encode(TEXTS[:50], pool=tiny_pool, chunk_size=10, show_progress_bar=True)
     err = capsys.readouterr().err
     assert "Chunks: 100%" in err and "5/5" in err
 
 
+@pytest.mark.slow
 def test_encode_multi_process_is_encode_with_a_pool(tiny, tiny_pool):
     np.testing.assert_allclose(tiny.encode_multi_process(TEXTS, tiny_pool, chunk_size=40, normalize_embeddings=True),
                                tiny.encode(TEXTS, normalize_embeddings=True), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_bad_input_is_refused_by_name_before_any_work(tiny, tiny_pool):
     with pytest.raises(TypeError, match="item 2 is a int"):
         tiny.encode(["a", "b", 3], pool=tiny_pool)
@@ -116,6 +121,7 @@ def test_bad_input_is_refused_by_name_before_any_work(tiny, tiny_pool):
     assert tiny.encode(["a", "b"], pool=tiny_pool).shape == (2, 8)
 
 
+@pytest.mark.slow
 def test_the_context_manager_stops_its_workers(tiny):
     with tiny.start_multi_process_pool(["cpu"]) as pool:
         pids = [process.pid for process in pool["processes"]]
@@ -126,6 +132,7 @@ def test_the_context_manager_stops_its_workers(tiny):
 
 
 @pytest.mark.parametrize("when", ["before the call", "during the call"])
+@pytest.mark.slow
 def test_a_killed_worker_raises_instead_of_hanging(tiny, when):
     pool = tiny.start_multi_process_pool(["cpu"])
     pids = [process.pid for process in pool["processes"]]
@@ -153,6 +160,7 @@ def test_ctrl_c_while_waiting_stops_the_pool(tiny, monkeypatch):
 
 
 @pytest.mark.real_model
+@pytest.mark.slow
 def test_real_model_pool_equals_encode_and_sentence_transformers_pool(real_model_dir):
     from sentence_transformers import SentenceTransformer as STModel
 
@@ -187,6 +195,7 @@ EmbeddingCache(sys.argv[2], model).add(texts, chunk_size=20)
 """
 
 
+@pytest.mark.slow
 def test_a_killed_cache_job_resumes_encoding_only_what_is_missing(tmp_path, tiny, tiny_st_dir, monkeypatch):
     texts = [row["text"] for row in CORPUS]  # 320: 16 chunks of 20
     (tmp_path / "texts.txt").write_text("\n".join(texts), encoding="utf-8")
@@ -219,6 +228,7 @@ def test_a_killed_cache_job_resumes_encoding_only_what_is_missing(tmp_path, tiny
     np.testing.assert_allclose(resumed.embeddings, uninterrupted.embeddings, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_cache_add_commits_every_chunk(tmp_path, tiny, tiny_pool, monkeypatch):
     commits = []
     cache = EmbeddingCache(tmp_path / "c", tiny)
@@ -259,6 +269,7 @@ def ray_cluster():
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_ray_data_pipeline_writes_encodes_numbers_with_ids(ray_cluster, tiny, tiny_st_dir, tmp_path):
     import pyarrow.parquet as pq
 

@@ -56,10 +56,63 @@ def test_every_module_level_import_of_minist_is_a_declared_runtime_dependency():
     assert not undeclared, f"imported at module level but not in pyproject's dependencies: {sorted(undeclared)}"
 
 
+def minist_import_graph() -> dict[str, set[str]]:
+    """Module -> the minist modules it imports, anywhere in its source (inside functions too), read with ast.
+
+    ``from minist import cpu`` imports the module minist.cpu; ``from minist import __version__`` the package itself.
+    """
+    modules = {}
+    for path in (ROOT / "minist").rglob("*.py"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+                base = ".".join(filter(None, [base, node.module]))
+                imported |= {f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names}
+        graph[name] = (imported & modules.keys()) - {name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A path that comes back to where it started (``[a, b, a]``), or None: depth-first, three colours."""
+    state, stack = {}, []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = "open"
+        stack.append(node)
+        for after in sorted(graph.get(node, ())):
+            if state.get(after) == "open":
+                return [*stack[stack.index(after):], after]
+            if after not in state and (cycle := visit(after)):
+                return cycle
+        state[node] = "done"
+        stack.pop()
+        return None
+
+    return next((cycle for node in sorted(graph) if node not in state and (cycle := visit(node))), None)
+
+
+def test_no_import_cycle_in_minist():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]  # it can fail
+    assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+    graph = minist_import_graph()
+    assert {"minist", "minist.model", "minist.cpu", "minist.measure", "minist.integrations.ray"} <= graph.keys()
+    assert "minist.model" in graph["minist.measure"] and "minist.cpu" in graph["minist.model"]  # read as it is
+    assert find_cycle(graph) is None, f"an import cycle: {' -> '.join(find_cycle(graph))}"
+
+
 def readme_blocks(language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
 
 
+@pytest.mark.slow
 def test_readme_python_snippets_run_and_print_what_they_say(tmp_path):
     for snippet in readme_blocks("python"):
         run = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, cwd=tmp_path, check=True,
@@ -68,6 +121,7 @@ def test_readme_python_snippets_run_and_print_what_they_say(tmp_path):
         assert run.stdout.split("\n")[: len(promised)] == promised
 
 
+@pytest.mark.slow
 def test_readme_quick_start_output_is_what_python_m_minist_prints(tmp_path):
     run = subprocess.run([sys.executable, "-m", "minist"], capture_output=True, text=True, cwd=tmp_path, check=True)
     assert run.stdout.strip() in [block.strip() for block in readme_blocks("text")]
@@ -171,6 +225,7 @@ def pasted_cells(tmp_path_factory):
         process.kill()
 
 
+@pytest.mark.slow
 def test_every_copy_cell_runs_alone_in_a_fresh_python_from_any_folder(pasted_cells):
     assert {name for _, code in copy_cells() for name in defined_names(code)} >= set(DEMOS), "a demo lost its recipe"
     for notebook, code, demo, process in pasted_cells:
@@ -234,6 +289,7 @@ def test_notebook_is_committed_as_jupyterlab_saves_it_and_reads_right_unrun(path
             assert re.search(r"\b100%\|", shown) or "%|" not in shown, f"an unfinished bar: {shown}"
 
 
+@pytest.mark.slow
 def test_execute_py_saves_bars_as_they_ended_and_no_interact_views(tmp_path):
     """notebooks/execute.py runs a notebook in a real kernel; tqdm's bar is saved with the text tqdm itself gives
     its last state (not the "0%" it had when it appeared), and an interact cell without its dead view."""

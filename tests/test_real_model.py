@@ -44,11 +44,9 @@ def varied_sentences(n_random: int = 160, seed: int = 0) -> list[str]:
 SENTENCES = varied_sentences()
 
 
-@pytest.fixture(scope="module")
-def models(real_model_dir):
-    from sentence_transformers import SentenceTransformer as STModel
-
-    return SentenceTransformer(real_model_dir, device="cpu"), STModel(str(real_model_dir), device="cpu")
+@pytest.fixture
+def models(real_model, st_real_model):
+    return real_model, st_real_model
 
 
 def test_long_texts_are_really_past_max_seq_length(models):
@@ -65,6 +63,7 @@ def test_normalized_embeddings_match(models):
     assert np.abs(got - expected).max() <= 1e-5
 
 
+@pytest.mark.slow
 def test_unnormalized_embeddings_match(models):
     from sentence_transformers import SentenceTransformer as STModel
 
@@ -103,6 +102,7 @@ def test_batch_sizes_agree(models):
         assert np.abs(ours.encode(sample, batch_size=batch_size) - reference).max() <= 1e-5
 
 
+@pytest.mark.slow
 def test_round_trips_with_sentence_transformers(tmp_path, models):
     from sentence_transformers import SentenceTransformer as STModel
 

@@ -284,6 +284,7 @@ def assert_old_or_new(folder: Path, embeddings: list[np.ndarray]) -> None:
 
 
 @pytest.mark.parametrize("atomic_exchange", [True, False])
+@pytest.mark.slow
 def test_a_crash_at_every_file_operation_leaves_a_model_and_the_users_files(tmp_path, two_models,
                                                                              monkeypatch, atomic_exchange):
     (old, new), embeddings = two_models
@@ -309,6 +310,7 @@ def test_a_crash_at_every_file_operation_leaves_a_model_and_the_users_files(tmp_
     assert_old_or_new(out, embeddings[1:])
 
 
+@pytest.mark.slow
 def test_killed_at_random_moments_the_folder_is_always_a_model(tmp_path, two_models):
     (first, second), embeddings = two_models
     out = tmp_path / "out"

@@ -8,7 +8,7 @@ import pytest
 import torch
 from sentence_transformers import util as st_util
 
-from minist import SentenceTransformer, util
+from minist import util
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 SCORE_FUNCTIONS = ["cos_sim", "dot_score", "euclidean_sim", "manhattan_sim"]
@@ -19,8 +19,8 @@ def read_jsonl(name):
 
 
 @pytest.fixture(scope="module")
-def real(real_model_dir):
-    model = SentenceTransformer(real_model_dir, device="cpu")
+def real(real_model):
+    model = real_model
     corpus = model.encode([d["text"] for d in read_jsonl("corpus.jsonl")], convert_to_tensor=True)
     queries = model.encode([q["query"] for q in read_jsonl("queries.jsonl")], convert_to_tensor=True)
     return model, corpus, queries
@@ -83,7 +83,7 @@ def test_semantic_search_empty_inputs_and_top_k():
     assert util.semantic_search([], corpus) == [] == util.semantic_search(np.zeros((0, 4), np.float32), corpus)
     assert util.semantic_search(corpus[:2], []) == [[], []]
     assert util.paraphrase_mining_embeddings([]) == []
-    with pytest.raises(ValueError, match="top_k must be a whole number, 0 or more, not -1"):
+    with pytest.raises(ValueError, match="top_k must be at least 0, not -1"):
         util.semantic_search(corpus, corpus, top_k=-1)
     for bad in (np.nan, np.inf):
         queries = corpus[:2].copy()
@@ -103,15 +103,14 @@ def test_paraphrase_mining_matches(real, top_k, max_pairs, chunks):
     np.testing.assert_allclose([p[0] for p in ours], [p[0] for p in theirs], atol=1e-5, rtol=0)
 
 
-def test_paraphrase_mining_from_sentences(real, real_model_dir):
-    from sentence_transformers import SentenceTransformer as STModel
+def test_paraphrase_mining_from_sentences(real, st_real_model):
 
     model, _, _ = real
     sentences = ["A cat sits on the mat.", "The stock market fell today.", "A kitten is sitting on a rug.",
                  "Shares dropped sharply this afternoon."]
     pairs = util.paraphrase_mining(model, sentences)
     assert {tuple(p[1:]) for p in pairs[:2]} == {(0, 2), (1, 3)}
-    theirs = st_util.paraphrase_mining(STModel(str(real_model_dir), device="cpu"), sentences)
+    theirs = st_util.paraphrase_mining(st_real_model, sentences)
     assert [p[1:] for p in pairs] == [p[1:] for p in theirs]
     np.testing.assert_allclose([p[0] for p in pairs], [p[0] for p in theirs], atol=1e-5)
 

@@ -15,8 +15,9 @@ from test_real_model import SENTENCES
 from torch.utils.data import DataLoader
 
 from minist import InputExample, SentenceTransformer, losses
-from minist.cpu import FAITHFUL, FEATURES, PATHS, choose_path, fastest_path, fresh_process_cost, instruction_sets
+from minist.cpu import FEATURES, choose_path, instruction_sets
 from minist.encoding import token_batches
+from minist.measure import FAITHFUL, PATHS, fastest_path, fresh_process_cost
 from minist.quantization import Int8Linear, quantize_linear_layers, quantize_rows
 
 
@@ -81,9 +82,9 @@ def test_every_linear_layer_is_replaced(tiny_hf_dir, fake_cpu):
 
 
 @pytest.mark.real_model
-def test_int8_and_bf16_stay_close_to_float32(real_model_dir, fake_cpu):
+def test_int8_and_bf16_stay_close_to_float32(real_model_dir, real_model, fake_cpu):
     fake_cpu("AVX2", "AVX-512", "AVX-512 VNNI", "AVX-512 BF16")  # torch's kernels, even where they are slow
-    reference = SentenceTransformer(real_model_dir, device="cpu").encode(SENTENCES, convert_to_tensor=True)
+    reference = real_model.encode(SENTENCES, convert_to_tensor=True)
     for quantize, mean, worst in (("int8", 0.99, 0.95), ("bf16", 0.999, 0.99)):
         got = SentenceTransformer(real_model_dir, device="cpu", quantize=quantize).encode(
             SENTENCES, convert_to_tensor=True)
@@ -159,6 +160,7 @@ def test_each_cpu_gets_the_fastest_kernel_it_has(fake_cpu, cpu, onnxruntime, ask
     assert why in note and bool(note) == bool(why)
 
 
+@pytest.mark.slow
 def test_the_choice_is_what_the_model_runs_shows_and_logs_once(tiny_st_dir, onnx_cache, fake_cpu, caplog):
     fake_cpu("AVX2")
     with caplog.at_level(logging.INFO, logger="minist"):
@@ -195,6 +197,7 @@ def test_instruction_sets_from_torch_agree_with_linux_flags(monkeypatch):
     assert instruction_sets() == expected
 
 
+@pytest.mark.slow
 def test_fastest_path_times_every_path_and_keeps_the_faithful(tiny_st_dir, onnx_cache, fake_cpu, monkeypatch):
     fake_cpu("AVX2")  # int8 runs on ONNX Runtime, bf16 as float32: timed once each
     texts = TINY_SENTENCES * 4
@@ -219,15 +222,17 @@ def test_fastest_path_times_every_path_and_keeps_the_faithful(tiny_st_dir, onnx_
     assert "AVX2" in str(report) and "onnx int8" in str(report)
 
 
+@pytest.mark.slow
 def test_peak_rss_is_the_high_water_mark():
     """In a fresh Python, touching 300 MB raises the peak by about 300 MB, and freeing them does not lower it."""
-    script = ("import numpy as np\nfrom minist.cpu import peak_rss_mb\nbefore = peak_rss_mb()\n"
+    script = ("import numpy as np\nfrom minist.measure import peak_rss_mb\nbefore = peak_rss_mb()\n"
               "block = np.ones(300 * 2**20, np.uint8)\ndel block\nprint(before, peak_rss_mb())")
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     before, after = map(float, run.stdout.split())
     assert 295 <= after - before <= 330
 
 
+@pytest.mark.slow
 def test_fresh_process_cost_measures_a_new_python_and_names_its_failure(tiny_st_dir):
     cost = fresh_process_cost(tiny_st_dir, TINY_SENTENCES)
     assert set(cost) == {"load (s)", "peak RSS (MB)"}
@@ -244,6 +249,7 @@ def onnx_cache(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("family", ["bert", "distilbert"])  # with and without token_type_ids
+@pytest.mark.slow
 def test_onnx_backend_equals_sentence_transformers_and_is_cached(family, tmp_path, onnx_cache, monkeypatch):
     from model_families import build
     from sentence_transformers import SentenceTransformer as STModel
@@ -263,6 +269,7 @@ def test_onnx_backend_equals_sentence_transformers_and_is_cached(family, tmp_pat
     np.testing.assert_allclose(again.encode(TINY_SENTENCES), expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_wrong_export_is_refused_and_not_cached(tiny_hf_dir, onnx_cache, monkeypatch):
     monkeypatch.setattr("minist.ort.OnnxModel.forward", lambda self, *inputs: torch.zeros(1))
     with pytest.raises(RuntimeError, match="ONNX export differs from the torch model"):
@@ -271,8 +278,9 @@ def test_a_wrong_export_is_refused_and_not_cached(tiny_hf_dir, onnx_cache, monke
 
 
 @pytest.mark.real_model
-def test_onnx_int8_stays_close_to_float32(real_model_dir, onnx_cache):
-    reference = SentenceTransformer(real_model_dir, device="cpu").encode(SENTENCES, convert_to_tensor=True)
+@pytest.mark.slow
+def test_onnx_int8_stays_close_to_float32(real_model_dir, real_model, onnx_cache):
+    reference = real_model.encode(SENTENCES, convert_to_tensor=True)
     got = SentenceTransformer(real_model_dir, device="cpu", backend="onnx", quantize="int8").encode(
         SENTENCES, convert_to_tensor=True)
     cosine = torch.nn.functional.cosine_similarity(got, reference)
@@ -286,6 +294,7 @@ def test_onnx_backend_without_onnxruntime_names_the_extra(tiny_hf_dir, onnx_cach
         SentenceTransformer(tiny_hf_dir, device="cpu", backend="onnx")
 
 
+@pytest.mark.slow
 def test_onnx_backend_refuses_what_it_cannot_do(tmp_path, tiny_st_dir, onnx_cache):
     with pytest.raises(ValueError, match="backend='onnx' takes None or 'int8'"):
         SentenceTransformer(tiny_st_dir, device="cpu", backend="onnx", quantize="bf16")

@@ -124,10 +124,10 @@ def test_bad_data_is_refused_before_training(two_models, objective, error, messa
 
 @pytest.mark.parametrize(("settings", "error", "message"), [
     ({"epochs": 0}, ValueError, "epochs must be at least 1, not 0"),
-    ({"epochs": 1.5}, TypeError, "epochs must be an int, not 1.5"),
+    ({"epochs": 1.5}, TypeError, "epochs must be an int, not float 1.5"),
     ({"steps_per_epoch": 0}, ValueError, "steps_per_epoch must be at least 1, not 0"),
     ({"warmup_steps": -1}, ValueError, "warmup_steps must be at least 0, not -1"),
-    ({"warmup_steps": 0.1}, TypeError, "warmup_steps must be an int, not 0.1. It counts steps: for a ratio"),
+    ({"warmup_steps": 0.1}, TypeError, "warmup_steps must be an int, not float 0.1. It counts steps: for a ratio"),
     ({"evaluation_steps": -2}, ValueError, "evaluation_steps must be at least 0"),
     ({"max_grad_norm": -1.0}, ValueError, "max_grad_norm must be positive, not -1.0"),
     ({"optimizer_params": {"lr": 0}}, ValueError, "learning rate must be positive, not 0"),
@@ -220,6 +220,7 @@ def test_an_interrupted_run_leaves_the_last_checkpoint_loadable(tmp_path, tiny_s
 
 
 @pytest.mark.real_model
+@pytest.mark.slow
 def test_fine_tuning_improves_the_bikefix_test_split(real_model_dir):
     data = Path(__file__).resolve().parent.parent / "data" / "bikefix"
     answers = {a["id"]: a["text"] for a in map(json.loads, (data / "answers.jsonl").read_text().splitlines())}

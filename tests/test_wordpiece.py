@@ -46,6 +46,7 @@ def word_salad(n: int, seed: int = 0) -> list[str]:
 TEXTS = REAL_SENTENCES + random_unicode_texts(3000) + word_salad(2000)
 
 
+@pytest.mark.slow
 def test_same_ids_and_masks_as_the_fast_tokenizer_on_5000_texts(tokenizers):
     ours, theirs = tokenizers
     assert len(TEXTS) >= 5000
