@@ -1,6 +1,6 @@
 """Texts -> embeddings, batch by batch: the loop inside ``SentenceTransformer.encode``.
 
-``encode`` checks its arguments, then calls ``encode_texts`` here, which:
+``encode`` checks its arguments (``check_arguments``), then calls ``encode_texts`` here, which:
 
 1. tokenizes every text once, unpadded (with the prompt in front, if any), so their lengths are known;
 2. cuts the texts into batches by token count (``token_batches``): longest first, each batch padded only to
@@ -18,6 +18,7 @@ Left out: a text's features padded to its batch's longest (``output_value=None``
 from __future__ import annotations
 
 import logging
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -25,12 +26,40 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from minist.quantization import quantize_embeddings
+from minist.inputs import check_count
+from minist.quantization import Precision, quantize_embeddings
 
 logger = logging.getLogger("minist")
 
+OutputValue = Literal["sentence_embedding", "token_embeddings"]  # or None: every feature, as dicts
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 TRUNCATED = "%d of %d texts were longer than max_seq_length=%d tokens and were truncated."  # a pool sums them
+
+
+def check_arguments(texts: int, output_value: str | None, precision: str | None, dimension: int,
+                    **counts: int | None) -> Precision:
+    """Refuse, by name, what ``encode`` cannot do with ``texts`` texts; returns the precision (None: "float32").
+
+    ``counts``: ``truncate_dim`` (up to ``dimension``), ``batch_size`` and the others, each None or at least 1.
+    The precision message is sentence-transformers' own.
+    """
+    if output_value not in (*get_args(OutputValue), None):
+        raise ValueError(f"output_value must be 'sentence_embedding', 'token_embeddings' or None, "
+                         f"not {output_value!r}.")
+    for name, value in counts.items():
+        check_count(name, value, most=dimension if name == "truncate_dim" else None, what="the embedding size",
+                    optional=True)
+    precision = precision or "float32"  # None: the default, as upstream
+    if precision not in get_args(Precision):
+        raise ValueError(f"Precision {precision!r} is not supported, must be one of {get_args(Precision)}")
+    if precision != "float32" and output_value != "sentence_embedding":
+        raise ValueError(f"precision quantizes sentence embeddings; output_value={output_value!r} comes in float32 "
+                         "only.")
+    if precision in ("int8", "uint8") and texts == 1:  # upstream returns garbage here (zero-width ranges)
+        raise ValueError(f"precision={precision!r} takes its ranges from the embeddings encoded together, so it "
+                         "needs two texts or more; for one, use minist.quantization.quantize_embeddings(..., "
+                         "ranges=...) with ranges from a larger set.")
+    return precision
 
 
 def token_batches(lengths: list[int], batch_size: int | None, max_batch_tokens: int) -> list[list[int]]:

@@ -4,7 +4,7 @@
 ``...Dense``, ``...Normalize``) and its subfolder (``""`` for the transformer, then ``1_Pooling``, ...);
 ``load_steps`` builds each one with its own ``load``. A plain Hugging Face folder (no ``modules.json``) gets
 mean pooling, as in sentence-transformers. Each file is checked as it is read: a damaged or malformed one is
-a ValueError naming the file and what is wrong (``minist.hub.read_json``), and a step whose sizes do not fit
+a ValueError naming the file and what is wrong (``minist.inputs.read_json``), and a step whose sizes do not fit
 the one before it is named too. The transformer's own folder (config, weights, tokenizer) is read by
 ``load_transformer``: a file that transformers, tokenizers or safetensors cannot read is named
 (``blamed_on``), and so are weights that are missing, which transformers would fill with random numbers.

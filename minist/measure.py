@@ -6,7 +6,7 @@ your texts and picks the fastest one that stays faithful to float32 (``FAITHFUL`
 speed is the machine's, so you measure and then choose. ``fresh_process_cost`` gives a path's load time and
 peak memory, measured in a fresh Python, since a process's high-water mark only rises (``peak_rss_mb``).
 Notebook 08 runs both; ``benchmarks/`` runs minist beside sentence-transformers.
-Left out: GPU paths (timed as they are here, without CUDA synchronisation), energy, and memory off Linux.
+Left out: GPU paths (``fastest_path`` times the CPU's), energy, and memory off Linux.
 """
 
 from __future__ import annotations

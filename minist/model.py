@@ -16,8 +16,8 @@ Prompts: ``prompts={"query": "query: "}`` names texts to put before the inputs (
 are trained so); ``encode_query`` and ``encode_document`` pick the right one, and a model folder's
 ``config_sentence_transformers.json`` brings its own.
 Several processes or GPUs: ``start_multi_process_pool`` and ``encode(texts, pool=pool)`` (``minist.parallel``).
-This module checks the arguments and picks the path; the batch loop is in ``minist.encoding``, the folder
-writing in ``minist.saving``.
+This module picks the path; ``encode``'s argument checks and batch loop are in ``minist.encoding``, the
+folder writing in ``minist.saving``.
 Left out: the OpenVINO backend.
 """
 
@@ -28,7 +28,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal
 
 import numpy as np
 import torch
@@ -36,7 +36,7 @@ import transformers
 from torch import Tensor, nn
 
 from minist.cpu import choose_path
-from minist.encoding import AUTOCAST_DTYPES, as_results, empty_result, encode_texts
+from minist.encoding import AUTOCAST_DTYPES, OutputValue, as_results, check_arguments, empty_result, encode_texts
 from minist.hub import resolve_model_folder
 from minist.inputs import check_count, log_once, renamed_keywords, text_list
 from minist.loading import load_steps, output_dimension, read_model_config
@@ -52,9 +52,7 @@ from minist.transformer import Backend, Transformer
 logger = logging.getLogger("minist")
 
 Quantize = Literal["int8", "bf16", "fp16"]
-OutputValue = Literal["sentence_embedding", "token_embeddings"]  # or None: every feature
 DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")  # encode_document takes the first the model has
-
 
 
 def default_device() -> str:
@@ -75,7 +73,7 @@ class SentenceTransformer(nn.Sequential):
     sentence-transformers): "int8" on CPUs, "fp16" on GPUs, "bf16" on CPUs and GPUs that have bfloat16
     units. On a CPU that lacks the instructions a kernel needs, minist runs the fast one it has instead
     (int8 on ONNX Runtime) or float32, says so once in the log and in ``model.path_note``, and
-    ``model.quantize`` / ``model.backend`` say what runs (``minist.cpu``). ``minist.cpu.fastest_path``
+    ``model.quantize`` / ``model.backend`` say what runs (``minist.cpu``). ``minist.measure.fastest_path``
     and notebook 08 measure what each buys on your machine.
     ``prompts`` (name -> text) add to the saved ones and win over them; ``default_prompt_name`` names the one
     ``encode`` uses when given none (default: none), as in sentence-transformers.
@@ -277,24 +275,10 @@ class SentenceTransformer(nn.Sequential):
         single = isinstance(inputs, str)
         texts = text_list(inputs)  # every item checked before any work
         prompt = self._resolve_prompt(prompt, prompt_name)
-        if output_value not in (*get_args(OutputValue), None):
-            raise ValueError(f"output_value must be 'sentence_embedding', 'token_embeddings' or None, "
-                             f"not {output_value!r}.")
-        check_count("batch_size", batch_size, optional=True)
-        check_count("max_batch_tokens", max_batch_tokens, optional=True)
-        precision = precision or "float32"  # None: the default, as upstream
-        if precision not in get_args(Precision):
-            raise ValueError(f"Precision {precision!r} is not supported, must be one of {get_args(Precision)}")
-        if precision != "float32" and output_value != "sentence_embedding":
-            raise ValueError(f"precision quantizes sentence embeddings; output_value={output_value!r} comes in "
-                             "float32 only.")
-        if precision in ("int8", "uint8") and len(texts) == 1:  # upstream returns garbage here (zero-width ranges)
-            raise ValueError(f"precision={precision!r} takes its ranges from the embeddings encoded together, so it "
-                             "needs two texts or more; for one, use minist.quantization.quantize_embeddings(..., "
-                             "ranges=...) with ranges from a larger set.")
-        check_count("truncate_dim", truncate_dim, most=output_dimension(self), what="the embedding size", optional=True)
+        precision = check_arguments(len(texts), output_value, precision, output_dimension(self), truncate_dim=
+                                    truncate_dim, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+                                    chunk_size=chunk_size)
         truncate_dim = truncate_dim if truncate_dim is not None else self.truncate_dim
-        check_count("chunk_size", chunk_size, optional=True)
         if show_progress_bar is None:
             show_progress_bar = logger.getEffectiveLevel() <= logging.INFO
         if pool is not None or isinstance(device, list):  # worker processes encode chunks: minist.parallel

@@ -99,6 +99,13 @@ def st_real_model(real_model_dir) -> STModel:
     return STModel(str(real_model_dir), device="cpu")
 
 
+@pytest.fixture(scope="session")
+def real_onnx_cache(tmp_path_factory) -> Path:
+    """A ``MINIST_CACHE`` for the real model's ONNX exports, shared by the session: the first test to load it
+    with ``backend="onnx"`` exports it (the cold path), later ones read the export (about 10 s saved each)."""
+    return tmp_path_factory.mktemp("minist_cache")
+
+
 @pytest.fixture
 def fake_cpu(monkeypatch):
     """``fake_cpu("AVX2", onnxruntime=False)``: minist now sees a CPU with only these instruction sets (names

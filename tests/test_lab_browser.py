@@ -47,7 +47,7 @@ SETTINGS = {  # JupyterLab user settings for a quiet, complete page
 # moved, a saved widget that cannot draw.
 FALLBACKS = re.compile(r"interactive\(children|(?<![\d.])0%\||Error displaying widget|[Mm]odel not found")
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.real_model]  # the notebooks load it
 
 
 def chromium() -> str | None:

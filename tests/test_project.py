@@ -108,20 +108,52 @@ def test_no_import_cycle_in_minist():
     assert find_cycle(graph) is None, f"an import cycle: {' -> '.join(find_cycle(graph))}"
 
 
+def readme_number(kind: str, name: str) -> int:
+    """The number the README writes between ``<!-- kind: name -->`` and ``<!-- /kind -->``: "2,790 lines" -> 2790."""
+    text = re.search(rf"<!-- {kind}: {name} -->(.*?)<!-- /{kind} -->", (ROOT / "README.md").read_text(), re.S)
+    return int(re.match(r"[\d,]+", text.group(1)).group(0).replace(",", ""))
+
+
+def lines_of(path: Path) -> int:
+    return len(path.read_text().splitlines())
+
+
+def test_every_module_is_in_one_part_of_the_readme_and_the_parts_keep_their_line_budgets():
+    readme = (ROOT / "README.md").read_text()
+    parts = {}
+    for name in ("pipeline", "engine room"):
+        table = re.search(rf"<!-- part: {name} -->(.*?)<!-- /part -->", readme, re.S).group(1)
+        listed = [ROOT / entry for entry in re.findall(r"`(minist/[\w/]*(?:\.py|/))`", table)]
+        parts[name] = {path for entry in listed for path in ([entry] if entry.is_file() else entry.rglob("*.py"))}
+    modules = set((ROOT / "minist").rglob("*.py"))
+    assert parts["pipeline"] | parts["engine room"] == modules, "a module missing from the README's tables"
+    assert not parts["pipeline"] & parts["engine room"], "a module in both parts"
+    for name, paths in parts.items():
+        total = sum(map(lines_of, paths))
+        assert total <= readme_number("budget", name), f"the {name} is {total} lines, past its budget"
+        assert abs(total - readme_number("lines", name)) <= 100, f"the README says the {name} is " \
+            f"{readme_number('lines', name)} lines; it is {total}"
+    for path in modules:
+        most = readme_number("budget", path.name) if path.name == "model.py" else readme_number("budget", "module")
+        assert lines_of(path) <= most, f"{path.relative_to(ROOT)} is {lines_of(path)} lines, past {most}"
+
+
 def readme_blocks(language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
 
 
 @pytest.mark.slow
-def test_readme_python_snippets_run_and_print_what_they_say(tmp_path):
+@pytest.mark.real_model
+def test_readme_python_snippets_run_and_print_what_they_say(tmp_path, real_onnx_cache):
     for snippet in readme_blocks("python"):
         run = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, cwd=tmp_path, check=True,
-                             env=os.environ | {"MINIST_CACHE": str(tmp_path / "cache")})  # ONNX exports go there
+                             env=os.environ | {"MINIST_CACHE": str(real_onnx_cache)})  # ONNX exports go there
         promised = re.findall(r"#\s*(.+)$", snippet, flags=re.M)
         assert run.stdout.split("\n")[: len(promised)] == promised
 
 
 @pytest.mark.slow
+@pytest.mark.real_model
 def test_readme_quick_start_output_is_what_python_m_minist_prints(tmp_path):
     run = subprocess.run([sys.executable, "-m", "minist"], capture_output=True, text=True, cwd=tmp_path, check=True)
     assert run.stdout.strip() in [block.strip() for block in readme_blocks("text")]
@@ -226,6 +258,7 @@ def pasted_cells(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.real_model
 def test_every_copy_cell_runs_alone_in_a_fresh_python_from_any_folder(pasted_cells):
     assert {name for _, code in copy_cells() for name in defined_names(code)} >= set(DEMOS), "a demo lost its recipe"
     for notebook, code, demo, process in pasted_cells:

@@ -233,7 +233,7 @@ def test_fine_tuning_improves_the_bikefix_test_split(real_model_dir):
     before = evaluator(model)["cosine_mrr@10"]
     train = [InputExample(texts=[q["text"], answers[q["answer"]]]) for q in questions if q["split"] == "train"]
     model.fit([(DataLoader(train, shuffle=True, batch_size=16), losses.MultipleNegativesRankingLoss(model))],
-              epochs=3, warmup_steps=5, optimizer_params={"lr": 5e-5}, show_progress_bar=False)
+              epochs=1, warmup_steps=5, optimizer_params={"lr": 1e-4}, show_progress_bar=False)  # 8 steps
     assert evaluator(model)["cosine_mrr@10"] >= before + 0.03
 
 
