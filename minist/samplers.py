@@ -95,17 +95,18 @@ def no_duplicates_pass(keys: list[set[str]], batch_size: int, drop_last: bool, g
     return batches
 
 
-def trainer_batches(examples: list, batch_size: int, epoch: int, no_duplicates: bool, seed: int,
+def trainer_batches(examples: list, batch_size: int, epoch: int, sampler: str, seed: int,
                     data_seed: int | None = None, drop_last: bool = False) -> list[list[int]]:
     """One epoch's batches of row indices, as upstream's Trainer draws them for this seed and epoch.
 
-    ``no_duplicates=False``: torch's ``RandomSampler``, reseeded each epoch with ``data_seed`` (else ``seed``)
-    plus the epoch, cut into batches. ``True``: passes of ``no_duplicates_pass`` seeded with ``seed`` plus the
-    epoch; a pass with too few batches is followed by up to two more, as upstream.
+    ``sampler`` is a ``BatchSamplers`` value. "batch_sampler": torch's ``RandomSampler``, reseeded each epoch
+    with ``data_seed`` (else ``seed``) plus the epoch, cut into batches. "no_duplicates" (or its hashed twin):
+    passes of ``no_duplicates_pass`` seeded with ``seed`` plus the epoch; a pass with too few batches is
+    followed by up to two more, as upstream.
     """
     n = len(examples)
     length = n // batch_size if drop_last else math.ceil(n / batch_size)  # the Trainer's len(sampler)
-    if not no_duplicates:
+    if sampler == "batch_sampler":
         base = seed if data_seed is None else data_seed
         order = torch.randperm(n, generator=torch.Generator().manual_seed(base + epoch)).tolist()
         return [order[start:start + batch_size] for start in range(0, length * batch_size, batch_size)]

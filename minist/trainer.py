@@ -34,7 +34,7 @@ from minist import training
 from minist.losses import CoSENTLoss, Loss
 from minist.samplers import trainer_batches
 from minist.training import InputExample
-from minist.training_args import BatchSamplers, SentenceTransformerTrainingArguments
+from minist.training_args import SentenceTransformerTrainingArguments
 
 LABEL_COLUMNS = ("label", "labels", "score", "scores")  # upstream's: the first one present holds the labels
 
@@ -113,8 +113,8 @@ class SentenceTransformerTrainer:
     def _batches(self, examples: list[InputExample], batch_size: int, epoch: int) -> list[list[int]]:
         """One epoch's batches of row indices, drawn as upstream's samplers draw them (``minist.samplers``)."""
         args = self.args
-        return trainer_batches(examples, batch_size, epoch, args.batch_sampler != BatchSamplers.BATCH_SAMPLER,
-                               args.seed, args.data_seed, args.dataloader_drop_last)
+        return trainer_batches(examples, batch_size, epoch, args.batch_sampler, args.seed, args.data_seed,
+                               args.dataloader_drop_last)
 
     def _precision(self):
         """(autocast, gradient scaler) for ``bf16`` or ``fp16``; both disabled for float32."""
