@@ -72,7 +72,10 @@ class SentenceTransformerTrainer:
         if not isinstance(self.args, SentenceTransformerTrainingArguments):
             raise TypeError("args must be minist's SentenceTransformerTrainingArguments, not "
                             f"{type(self.args).__module__}.{type(self.args).__name__}.")
-        self.loss = CoSENTLoss(model) if loss is None else loss if isinstance(loss, torch.nn.Module) else loss(model)
+        if loss is None or isinstance(loss, torch.nn.Module):
+            self.loss = self.default_loss(model) if loss is None else loss
+        else:  # a class or function of the model, as upstream takes
+            self.loss = loss(model)
         training.check_data([], self.loss, model, None, "SentenceTransformerTrainer")  # the loss; the rows below
         self.evaluators = [] if evaluator is None else list(evaluator) if isinstance(evaluator, list) else [evaluator]
         if self.args.eval_strategy != "no" and eval_dataset is None and evaluator is None:
@@ -82,6 +85,10 @@ class SentenceTransformerTrainer:
         self.train_examples = self._examples(train_dataset, "train_dataset", self.args.per_device_train_batch_size)
         self.eval_examples = self._examples(eval_dataset, "eval_dataset", self.args.per_device_eval_batch_size)
         self.state = TrainerState()
+
+    def default_loss(self, model) -> Loss:
+        """The loss when none is given, as upstream's: CoSENTLoss."""
+        return CoSENTLoss(model)
 
     def _examples(self, dataset, name: str, batch_size: int) -> list[InputExample] | None:
         """The rows of a ``datasets.Dataset`` as InputExamples, checked against the loss (``check_data``)."""
