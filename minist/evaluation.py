@@ -36,7 +36,10 @@ class Evaluator:
     csv_file: str
     primary_metric: str
 
-    def _finish(self, metrics: dict[str, float], primary: str, output_path, epoch: int, steps: int) -> dict:
+    def _finish(self, metrics: dict[str, float], primary: str, output_path, epoch: int, steps: int,
+                csv_columns: dict[str, float] | None = None) -> dict:
+        """Prefix the metrics, set ``primary_metric``, append a CSV row: ``csv_columns`` (header -> value) where
+        sentence-transformers writes other columns than the metrics (the cross-encoder evaluators)."""
         prefix = f"{self.name}_" if self.name else ""
         metrics = {f"{prefix}{key}": float(value) for key, value in metrics.items()}
         self.primary_metric = prefix + primary
@@ -46,9 +49,10 @@ class Evaluator:
             new = not path.is_file()
             with open(path, "a", newline="", encoding="utf-8") as f:
                 writer = csv.writer(f)
+                columns = metrics if csv_columns is None else csv_columns
                 if new:
-                    writer.writerow(["epoch", "steps", *metrics])
-                writer.writerow([epoch, steps, *metrics.values()])
+                    writer.writerow(["epoch", "steps", *columns])
+                writer.writerow([epoch, steps, *columns.values()])
         return metrics
 
 
@@ -61,7 +65,8 @@ def check_texts(name: str, texts) -> None:
             raise TypeError(f"{name}[{i}] is {text!r:.40}, not a string.")
 
 
-def check_pairs(sentences1: list[str], sentences2: list[str], scores: list[float]) -> None:
+def check_pairs(sentences1: list[str], sentences2: list[str], scores: list[float],
+                evaluator: str = "EmbeddingSimilarityEvaluator") -> None:
     """Refuse pairs whose correlation with the gold scores cannot be computed, naming why."""
     check_texts("sentences1", sentences1)
     check_texts("sentences2", sentences2)
@@ -69,7 +74,7 @@ def check_pairs(sentences1: list[str], sentences2: list[str], scores: list[float
         raise ValueError(f"sentences1, sentences2 and scores differ in length: "
                          f"{len(sentences1)}, {len(sentences2)}, {len(scores)}.")
     if len(scores) < 2:
-        raise ValueError(f"EmbeddingSimilarityEvaluator needs at least 2 pairs, got {len(scores)}: "
+        raise ValueError(f"{evaluator} needs at least 2 pairs, got {len(scores)}: "
                          "a correlation of fewer is undefined.")
     for i, score in enumerate(scores):
         if not isinstance(score, numbers.Real) or not math.isfinite(score):

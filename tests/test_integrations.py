@@ -1,6 +1,7 @@
-"""LangChain and LlamaIndex, the real packages, with minist as their embedding model."""
+"""LangChain and LlamaIndex, the real packages, with minist as their embedding model and their reranker."""
 
 import asyncio
+import copy
 import importlib
 import json
 import subprocess
@@ -9,12 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from minist import SentenceTransformer
 
 pytestmark = pytest.mark.real_model
-DOCS = [json.loads(line) for line in (Path(__file__).resolve().parent.parent / "data" / "corpus.jsonl")
-        .read_text().splitlines()]
+DATA = Path(__file__).resolve().parent.parent / "data"
+DOCS = [json.loads(line) for line in (DATA / "corpus.jsonl").read_text().splitlines()]
+ANSWERS = [json.loads(line) for line in (DATA / "bikefix" / "answers.jsonl").read_text().splitlines()]
+RERANK_QUERY = "My brakes squeal and barely slow me down, what should I change?"
 QUERIES = {"Which planet is the biggest?": "Jupiter is the largest planet in our solar system.",
            "Can dogs eat chocolate?": "Chocolate is poisonous to dogs."}
 
@@ -80,7 +84,9 @@ def test_the_adapters_encode_queries_and_documents_with_the_models_prompts(real_
 
 @pytest.mark.parametrize(("module", "dependency", "extra"), [
     ("minist.integrations.langchain", "langchain_core.embeddings", "minist[langchain]"),
-    ("minist.integrations.llama_index", "llama_index.core.base.embeddings.base", "minist[llama-index]")])
+    ("minist.integrations.langchain", "langchain_core.documents", "minist[langchain]"),
+    ("minist.integrations.llama_index", "llama_index.core.base.embeddings.base", "minist[llama-index]"),
+    ("minist.integrations.llama_index", "llama_index.core.postprocessor.types", "minist[llama-index]")])
 def test_missing_extra_names_it(monkeypatch, module, dependency, extra):
     monkeypatch.setitem(sys.modules, dependency, None)  # as if the package were not installed
     monkeypatch.delitem(sys.modules, module, raising=False)
@@ -92,3 +98,94 @@ def test_missing_extra_names_it(monkeypatch, module, dependency, extra):
 def test_the_core_never_imports_the_integrations():
     code = "import minist, sys; print(any(m.startswith(('langchain', 'llama_index')) for m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+@pytest.fixture(scope="session")
+def reranker_dir(tmp_path_factory, real_model_dir) -> Path:
+    """A cross-encoder: all-MiniLM-L6-v2 with a seeded random one-label head, saved by sentence-transformers."""
+    from sentence_transformers import CrossEncoder as STCrossEncoder
+
+    folder = tmp_path_factory.mktemp("reranker") / "model"
+    torch.manual_seed(0)
+    STCrossEncoder(str(real_model_dir), num_labels=1).save(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def rerankers(reranker_dir):
+    """minist's CrossEncoder and, as the reference, sentence-transformers' own, on the same folder."""
+    from sentence_transformers import CrossEncoder as STCrossEncoder
+
+    from minist.cross_encoder import CrossEncoder
+
+    return CrossEncoder(reranker_dir, device="cpu"), STCrossEncoder(str(reranker_dir), device="cpu")
+
+
+def check_ranking(ranked: list[dict], expected: list[dict]) -> None:
+    assert [hit["corpus_id"] for hit in ranked] == [hit["corpus_id"] for hit in expected]
+    assert [hit["score"] for hit in ranked] == pytest.approx([hit["score"] for hit in expected], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_langchain_reranker_reranks_what_a_vector_store_retrieved(model, rerankers, reranker_dir):
+    from langchain_core.documents import Document
+    from langchain_core.vectorstores import InMemoryVectorStore
+
+    from minist.integrations.langchain import MinistEmbeddings, MinistReranker
+
+    reranker, upstream = rerankers
+    store = InMemoryVectorStore(MinistEmbeddings(model))
+    store.add_documents([Document(page_content=a["text"], metadata={"id": a["id"]}) for a in ANSWERS])
+    # langchain (with ContextualCompressionRetriever) is not installed, only langchain-core: retrieve, then compress.
+    retrieved = store.as_retriever(search_kwargs={"k": 8}).invoke(RERANK_QUERY)
+    texts = [document.page_content for document in retrieved]
+    ranked = reranker.rank(RERANK_QUERY, texts, top_k=3)
+    check_ranking(ranked, upstream.rank(RERANK_QUERY, texts, top_k=3))
+    assert [hit["corpus_id"] for hit in ranked] != [0, 1, 2]  # the reranker changes the retriever's order
+    by_model, by_path = MinistReranker(reranker), MinistReranker(reranker_dir)  # top_n=3 by default
+    for best in [by_model.compress_documents(retrieved, RERANK_QUERY),
+                 asyncio.run(by_path.acompress_documents(retrieved, RERANK_QUERY))]:
+        check_ranking([{"corpus_id": texts.index(document.page_content),
+                        "score": document.metadata["relevance_score"]} for document in best], ranked)
+        assert best[0].metadata["id"] == retrieved[ranked[0]["corpus_id"]].metadata["id"]
+    assert all("relevance_score" not in document.metadata for document in retrieved)  # the reranker made copies
+    assert by_model.compress_documents([], RERANK_QUERY) == []
+
+
+@pytest.mark.slow
+def test_llama_index_rerank_matches_its_sentence_transformer_rerank(model, rerankers, reranker_dir):
+    from llama_index.core import Document, VectorStoreIndex
+    from llama_index.core.llms.mock import MockLLM
+    from llama_index.core.postprocessor import SentenceTransformerRerank
+    from llama_index.core.schema import MetadataMode
+
+    from minist.integrations.llama_index import MinistEmbedding, MinistRerank
+
+    reranker, _ = rerankers
+    index = VectorStoreIndex.from_documents(
+        [Document(text=a["text"], doc_id=a["id"], metadata={"category": a["category"]}) for a in ANSWERS],
+        embed_model=MinistEmbedding(model))
+    retrieved = index.as_retriever(similarity_top_k=8).retrieve(RERANK_QUERY)
+    retrieval_scores = [node.score for node in retrieved]
+    # Both rerankers score the text with its metadata ("category: brakes ..."), as an embedding model sees it.
+    ranked = reranker.rank(RERANK_QUERY, [node.node.get_content(metadata_mode=MetadataMode.EMBED)
+                                          for node in retrieved], top_k=3)
+    assert [hit["corpus_id"] for hit in ranked] != [0, 1, 2]  # the reranker changes the retriever's order
+    # The reference overwrites the scores of the nodes it is given: it gets copies.
+    reference = SentenceTransformerRerank(top_n=3, model=str(reranker_dir), device="cpu").postprocess_nodes(
+        copy.deepcopy(retrieved), query_str=RERANK_QUERY)
+    ids = [node.node.node_id for node in retrieved]
+    check_ranking([{"corpus_id": ids.index(node.node.node_id), "score": float(node.score)} for node in reference],
+                  ranked)
+    for rerank in [MinistRerank(reranker, top_n=3), MinistRerank(reranker_dir, top_n=3)]:  # a model, or a path
+        best = rerank.postprocess_nodes(retrieved, query_str=RERANK_QUERY)
+        check_ranking([{"corpus_id": ids.index(node.node.node_id), "score": node.score} for node in best], ranked)
+    assert [node.score for node in retrieved] == retrieval_scores  # new NodeWithScores: the retrieved ones stay
+    assert rerank.model == str(reranker_dir) and rerank.to_dict()["top_n"] == 3
+    # In a query engine (MockLLM: no LLM to call), the reranked nodes are the response's sources.
+    engine = index.as_query_engine(llm=MockLLM(), similarity_top_k=8, node_postprocessors=[rerank])
+    assert [node.node.node_id for node in engine.query(RERANK_QUERY).source_nodes] == [ids[h["corpus_id"]]
+                                                                                         for h in ranked]
+    assert rerank.postprocess_nodes([], query_str=RERANK_QUERY) == []
+    with pytest.raises(ValueError, match="query"):
+        rerank.postprocess_nodes(retrieved)

@@ -3,8 +3,9 @@
 Only re-exports: the model, its losses, evaluators and trainer, each in the module of its concept.
 """
 
-from minist.cross_encoder import losses
+from minist.cross_encoder import evaluation, losses
 from minist.cross_encoder.model import CrossEncoder
 from minist.cross_encoder.trainer import CrossEncoderTrainer, CrossEncoderTrainingArguments
 
-__all__ = ["CrossEncoder", "CrossEncoderTrainer", "CrossEncoderTrainingArguments", "losses"]
+__all__ = ["CrossEncoder", "CrossEncoderTrainer", "CrossEncoderTrainingArguments", "evaluation",
+           "losses"]
