@@ -69,6 +69,14 @@ def test_predict_gives_upstreams_scores_for_three_labels_with_softmax(tiny_ce):
     np.testing.assert_allclose(scores.sum(axis=1), 1, atol=1e-6)
 
 
+def test_older_keyword_names_work_with_upstreams_warning(tiny_ce, caplog):
+    ours, theirs = both(tiny_ce[1])
+    identity = torch.nn.Identity()
+    np.testing.assert_allclose(ours.predict(sentences=PAIRS, activation_fct=identity),
+                               theirs.predict(sentences=PAIRS, activation_fct=identity), atol=1e-6)
+    assert "The `sentences` argument was renamed and is now deprecated. Please use `inputs` instead." in caplog.text
+
+
 def test_an_empty_list_gives_an_empty_result_as_upstream(tiny_ce):
     ours, theirs = both(tiny_ce[1])
     assert ours.predict([]).shape == theirs.predict([]).shape == (0,)

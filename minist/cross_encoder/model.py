@@ -34,7 +34,7 @@ from tqdm.auto import trange
 from transformers import AutoModelForSequenceClassification
 
 from minist.hub import resolve_model_folder
-from minist.inputs import check_count, check_text, json_field, read_json
+from minist.inputs import check_count, check_text, json_field, read_json, renamed_keywords
 from minist.loading import blamed_on, check_model_folder, load_config, load_tokenizer, quiet_progress_bars
 from minist.saving import save_folder, write_modules_json
 from minist.transformer import Transformer, position_limit
@@ -153,6 +153,7 @@ class CrossEncoder(nn.Sequential):
         return features
 
     # --- scoring ------------------------------------------------------------------------------
+    @renamed_keywords(sentences="inputs", activation_fct="activation_fn")  # upstream's older names, warned once
     @torch.inference_mode()
     def predict(self, inputs: Sequence[str] | Sequence[Sequence[str]], batch_size: int = 32,
                 show_progress_bar: bool | None = None, activation_fn: Callable | None = None,
@@ -187,6 +188,7 @@ class CrossEncoder(nn.Sequential):
             result = scores
         return result[0] if single else result
 
+    @renamed_keywords(activation_fct="activation_fn")
     def rank(self, query: str, documents: Sequence[str], top_k: int | None = None, return_documents: bool = False,
              batch_size: int = 32, show_progress_bar: bool | None = None,
              activation_fn: Callable | None = None) -> list[dict]:
