@@ -6,7 +6,7 @@ Only re-exports, so that snippets written for sentence-transformers (``util.cos_
 
 from minist.clustering import community_detection
 from minist.quantization import quantize_embeddings
-from minist.search import paraphrase_mining, paraphrase_mining_embeddings, semantic_search
+from minist.search import mine_hard_negatives, paraphrase_mining, paraphrase_mining_embeddings, semantic_search
 from minist.similarity import (
     cos_sim,
     dot_score,
@@ -27,6 +27,7 @@ __all__ = [
     "dot_score",
     "euclidean_sim",
     "manhattan_sim",
+    "mine_hard_negatives",
     "normalize_embeddings",
     "pairwise_cos_sim",
     "pairwise_dot_score",
