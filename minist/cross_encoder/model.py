@@ -32,6 +32,7 @@ import transformers
 from torch import Tensor, nn
 from tqdm.auto import trange
 from transformers import AutoModelForSequenceClassification
+from transformers.utils import logging as hf_logging
 
 from minist.hub import resolve_model_folder
 from minist.inputs import check_count, check_text, json_field, read_json, renamed_keywords
@@ -98,15 +99,21 @@ class CrossEncoder(nn.Sequential):
             raise ValueError(f"num_labels={num_labels}, but the head saved in {folder} gives {config.num_labels}: "
                              "leave num_labels out to use it.")
         config.num_labels = num_labels or config.num_labels
-        with quiet_progress_bars(), blamed_on(folder, "loading the weights"):
-            auto_model, info = AutoModelForSequenceClassification.from_pretrained(folder, config=config,
-                                                                                  output_loading_info=True)
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # transformers' load report would list the new head: minist says it below
+        try:
+            with quiet_progress_bars(), blamed_on(folder, "loading the weights"):
+                auto_model, info = AutoModelForSequenceClassification.from_pretrained(folder, config=config,
+                                                                                      output_loading_info=True)
+        finally:
+            hf_logging.set_verbosity(verbosity)
         missing = [key for key in info["missing_keys"] if not (key.startswith("classifier.") and not has_head)]
         if missing:
             raise ValueError(f"{folder} lacks {len(missing)} of the model's weights ({', '.join(missing[:3])}, ...); "
                              "transformers would fill them with random numbers.")
         if not has_head:
-            logger.info("A new classification head with %d label(s) on %s's transformer.", config.num_labels, folder)
+            logger.warning("A new classification head (num_labels=%d) on the transformer of %s: train it before "
+                           "its scores mean anything.", config.num_labels, model_name_or_path)
         tokenizer = load_tokenizer(folder)
         length = max_length or min(int(tokenizer.model_max_length), position_limit(config) or 10**9)
         super().__init__(Transformer(auto_model.eval(), tokenizer, length))
