@@ -232,6 +232,16 @@ print(sorted(pd.read_parquet(out)["id"]), np.stack(pd.read_parquet(out)["embeddi
 retriever = llama_index_retriever(model, ["Mulch suppresses weeds.", "Stars are far away."], top_k=1)
 print(retriever.retrieve("stop weeds")[0].node.get_content())
 """, "Mulch suppresses weeds."),
+    "search_and_rerank": (LOAD + """
+import torch
+from minist.cross_encoder import CrossEncoder
+torch.manual_seed(0)
+reranker = CrossEncoder("all-MiniLM-L6-v2", num_labels=1)  # a new, untrained head: its order means nothing
+corpus = ["Oil the chain when it squeaks.", "Pump the tyres every week.", "Bleed the brakes."]
+hits = search_and_rerank(model, reranker, "my chain squeaks", model.encode_document(corpus), corpus, top_k=2,
+                         rerank_top_k=3)
+print(len(hits), sorted(hits[0]))
+""", "2 ['bi_score', 'corpus_id', 'score', 'text']"),
 }
 
 
