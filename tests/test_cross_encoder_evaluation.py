@@ -21,7 +21,6 @@ from minist.cross_encoder.evaluation import CrossEncoderRerankingEvaluator as Re
 from minist.cross_encoder.evaluation import rerank_metrics
 
 DATA = Path(__file__).resolve().parent.parent / "data"
-STSB = DATA.parent.parent / "shared" / "data" / "stsb" / "stsb-en-dev.tsv"
 
 
 def read(name):
@@ -132,23 +131,31 @@ def test_rerank_metrics_by_hand():
     assert rerank_metrics([0.5], [0], 1, 10) == (0.0, 0.0, 0.0)
 
 
-def stsb_rows(n=40):
-    with open(STSB, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[:n]
-    return [(r["sentence1"], r["sentence2"]) for r in rows], [float(r["score"]) for r in rows]
+def graded_pairs(n=40):
+    """(question, answer) pairs with gold scores from the help desk: 1 for the question's own answer, 0.5 for
+    another answer of its category, 0 for the rest (the data is in this repository, unlike STS-B)."""
+    answers = read("answers.jsonl")
+    category = {a["id"]: a["category"] for a in answers}
+    pairs, scores = [], []
+    for i, q in enumerate(read("questions.jsonl")[:n]):
+        answer = answers[(i * 7) % len(answers)] if i % 3 else next(a for a in answers if a["id"] == q["answer"])
+        pairs.append((q["text"], answer["text"]))
+        scores.append(1.0 if answer["id"] == q["answer"] else 0.5 if answer["category"] == category[q["answer"]]
+                      else 0.0)
+    return pairs, scores
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kwargs", [{}, {"name": "sts-dev", "batch_size": 16}])
 def test_correlation_matches_upstream(st_cross_encoder, kwargs, tmp_path):
-    pairs, scores = stsb_rows()
+    pairs, scores = graded_pairs()
     ours = CorrelationEvaluator(pairs, scores, **kwargs)
     theirs = st_evaluation.CrossEncoderCorrelationEvaluator(pairs, scores, show_progress_bar=False, **kwargs)
     assert_same(ours, theirs, st_cross_encoder, st_cross_encoder, tmp_path)
 
 
 def test_correlation_ties_and_examples_match_upstream(tmp_path):
-    pairs, scores = stsb_rows()
+    pairs, scores = graded_pairs()
     examples = [InputExample(texts=list(pair), label=score) for pair, score in zip(pairs, scores, strict=True)]
     ours = CorrelationEvaluator.from_input_examples(examples, name="sts")
     theirs = st_evaluation.CrossEncoderCorrelationEvaluator(pairs, scores, name="sts", show_progress_bar=False)
@@ -166,7 +173,7 @@ def test_with_minist_cross_encoder(cross_encoder_dir, st_cross_encoder, tmp_path
         assert_same(RerankingEvaluator(samples, **kwargs),
                     st_evaluation.CrossEncoderRerankingEvaluator(samples, **kwargs),
                     model, st_cross_encoder, tmp_path / str(len(kwargs)))
-    pairs, scores = stsb_rows()
+    pairs, scores = graded_pairs()
     assert_same(CorrelationEvaluator(pairs, scores),
                 st_evaluation.CrossEncoderCorrelationEvaluator(pairs, scores, show_progress_bar=False),
                 model, st_cross_encoder, tmp_path / "sts")
