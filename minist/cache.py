@@ -2,15 +2,16 @@
 
 ``EmbeddingCache(folder, model)`` opens the cache in ``folder`` (or starts one); ``add(texts)`` encodes
 only the texts it has not seen yet and appends them (``encode_document``: with the model's document prompt,
-if it has one; ``search`` encodes queries with ``encode_query``). The folder holds:
+if it has one; ``search`` encodes queries with ``encode_query``); ``remove(texts)`` drops rows (to edit a
+text, remove the old one and add the new). The folder holds:
 
 - ``embeddings.f32``: float32 rows, back to back (read with ``numpy.memmap``, so a large corpus is
   paged in from disk as it is used rather than read whole);
 - ``texts.jsonl``: the texts, one JSON string a line, in row order. Lines end at ``"\\n"`` only: JSON
   escapes that one inside a string, while U+2028, U+0085 and the other breaks that ``str.splitlines`` cuts
   at are kept as they are, inside their text;
-- ``meta.json``: what made the rows (the model's fingerprint and name, normalization, dimension) and the
-  committed row count and text bytes;
+- ``meta.json``: what made the rows (the model's fingerprint and name, normalization, dimension), the
+  committed row count and text bytes, and the files' generation (after 3 removes: ``texts.3.jsonl``...);
 - ``.lock``: the lock file that writers take turns on.
 
 What it guarantees, and how:
@@ -18,18 +19,20 @@ What it guarantees, and how:
 - Nothing acknowledged is lost. ``add`` encodes ``chunk_size`` new texts at a time; for each chunk it
   appends the rows past the committed end, flushes them to disk, then replaces ``meta.json`` atomically.
   A crash (or ``kill -9``) at any point leaves every chunk committed before it; a half-written tail is
-  ignored and overwritten by the next ``add``. So a long job is resumable: run the same ``add`` again and
-  it encodes only the texts still missing.
-- Several writers (processes or threads) take turns: ``add`` holds an exclusive file lock (``filelock``)
-  while it reads what others committed, encodes what is still new and appends it. A second writer waits
-  for the first, then sees its rows, so no text is encoded or stored twice. Readers take no lock: they
-  read only committed rows, which no writer changes.
+  ignored and overwritten. So a long job is resumable: the same ``add`` again encodes only what is missing.
+- A remove is all or nothing: it copies the rows it keeps into the next generation's files, flushes them,
+  replaces ``meta.json``, then deletes the old files. A crash before the replace leaves the old cache,
+  after it the new one; the next remove deletes or overwrites the files a crash left.
+- Writers (processes or threads) take turns on an exclusive file lock (``filelock``): ``add`` and
+  ``remove`` read what others committed, then write, so no text is encoded or stored twice. Readers take
+  no lock: they read committed rows only, which no writer changes, and hold their embeddings file open (a
+  remove deletes its name, not its rows) until their next ``search`` reads the new generation.
 - Damage is refused at open, naming the file: a missing ``meta.json`` beside stored rows, a ``meta.json``
   that is not the cache's JSON, files shorter than ``meta.json`` records, texts that are not JSON lines.
 - Rows of one model only: a cache made by another model (another fingerprint) is refused, and so is one
   whose model changed since it was opened (``fit`` updates the weights in place), before any row is mixed.
 
-Left out: deleting or editing rows, compression, caches on network file systems without working locks.
+Left out: editing a row in place, compression, caches on network file systems without working locks.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -47,11 +51,17 @@ from minist.inputs import check_count, text_list
 from minist.search import semantic_search
 
 META_TYPES = {"model": (str, type(None)), "fingerprint": str, "normalize_embeddings": bool, "dimension": int,
-              "rows": int, "text_bytes": int}
+              "generation": int, "rows": int, "text_bytes": int}
 
 
 class DamagedCacheError(ValueError):
     """A cache file is missing, cut short or garbled; the message names the file and what is wrong."""
+
+
+def file_names(generation: int) -> tuple[str, str]:
+    """The embeddings and texts files of a generation; 0 keeps the names caches had before ``remove``."""
+    suffix = f".{generation}" if generation else ""
+    return f"embeddings{suffix}.f32", f"texts{suffix}.jsonl"
 
 
 def _settings(model) -> str:
@@ -83,18 +93,17 @@ class EmbeddingCache:
     >>> import tempfile
     >>> from minist import SentenceTransformer
     >>> cache = EmbeddingCache(tempfile.mkdtemp(), SentenceTransformer("all-MiniLM-L6-v2", device="cpu"))
-    >>> cache.add(["A cat sleeps.", "A kitten naps."]), cache.embeddings.shape
-    (2, (2, 384))
+    >>> cache.add(["A cat sleeps.", "A kitten naps."]), cache.remove("A cat sleeps."), cache.embeddings.shape
+    (2, 1, (1, 384))
     """
 
-    def __init__(self, folder: str | Path, model, normalize_embeddings: bool = True,
-                 batch_size: int | None = None):
+    def __init__(self, folder: str | Path, model, normalize_embeddings: bool = True, batch_size: int | None = None):
         self.folder, self.model, self.batch_size = Path(folder), model, batch_size
-        self.texts: list[str] = []
-        self._row_of: dict[str, int] = {}
+        self.texts, self._cached = [], set()  # the texts in row order, and as a set
+        self._vectors, self._close_vectors = None, lambda: None  # our generation's embeddings file, held open
         self.meta = {"model": getattr(model, "name_or_path", None), "fingerprint": model_fingerprint(model),
                      "normalize_embeddings": normalize_embeddings,
-                     "dimension": model.get_sentence_embedding_dimension(), "rows": 0, "text_bytes": 0}
+                     "dimension": model.get_sentence_embedding_dimension(), "generation": 0, "rows": 0, "text_bytes": 0}
         self._model_state = model_state(model)
         if self.folder.exists() and not self.folder.is_dir():
             raise NotADirectoryError(f"{self.folder} is a file; an EmbeddingCache is a folder.")
@@ -103,7 +112,9 @@ class EmbeddingCache:
         if not (self.folder / "meta.json").exists():
             with self._lock:  # two processes starting the same cache: one writes meta.json, the other reads it
                 if not (self.folder / "meta.json").exists():
-                    self._refuse_orphaned_rows()
+                    if stored := [path.name for path in self._row_files() if path.is_file() and path.stat().st_size]:
+                        raise DamagedCacheError(f"{self.folder / 'meta.json'} is missing, but {' and '.join(stored)} "
+                                                "hold rows, unreadable without it. Restore it, or use a new folder.")
                     self._commit(self.meta)
         meta = self._read_meta()
         if meta["fingerprint"] != self.meta["fingerprint"]:
@@ -117,22 +128,17 @@ class EmbeddingCache:
         if meta["dimension"] != self.meta["dimension"]:
             raise DamagedCacheError(f"{self.folder / 'meta.json'} records dimension {meta['dimension']}, but "
                                     f"the model that made the cache gives {self.meta['dimension']}.")
-        self._read_new_texts(meta)
+        self._refresh()
 
     def __len__(self) -> int:
         return self.meta["rows"]
 
     @property
     def embeddings(self) -> np.ndarray:
-        """(rows, dimension) float32, memory-mapped from ``embeddings.f32``.
-
-        Pages are read from disk as they are used. Writing into the array changes this copy only
-        (copy-on-write), never the file.
-        """
+        """(rows, dimension) float32, memory-mapped: pages are read from disk as they are used. Writing into
+        the array changes this copy only (copy-on-write), never the file."""
         shape = (len(self), self.meta["dimension"])
-        if not len(self):
-            return np.zeros(shape, np.float32)
-        return np.memmap(self.folder / "embeddings.f32", dtype=np.float32, mode="c", shape=shape)
+        return np.memmap(self._vectors, np.float32, "c", shape=shape) if len(self) else np.zeros(shape, np.float32)
 
     def add(self, texts: str | list[str], chunk_size: int | None = 1024, pool=None) -> int:
         """Encode and append the texts not cached yet (each once); returns how many were new.
@@ -147,23 +153,29 @@ class EmbeddingCache:
         self._check_model()
         with self._lock:
             self._refresh()  # rows that other writers committed since we last looked
-            new = [t for t in dict.fromkeys(texts) if t not in self._row_of]
+            new = [t for t in dict.fromkeys(texts) if t not in self._cached]
             step = chunk_size or max(len(new), 1)
-            for start in range(0, len(new), step):
-                self._add_chunk(new[start:start + step], pool)
+            for chunk in (new[start:start + step] for start in range(0, len(new), step)):
+                vectors = self.model.encode_document(chunk, batch_size=self.batch_size, pool=pool, normalize_embeddings=
+                                                     self.meta["normalize_embeddings"], show_progress_bar=False)
+                self._write(chunk, vectors, self.meta["generation"])
         return len(new)
 
-    def _add_chunk(self, new: list[str], pool) -> None:
-        """Encode ``new`` (texts not in the cache), append their rows and commit them."""
-        vectors = self.model.encode_document(new, batch_size=self.batch_size, pool=pool, normalize_embeddings=self.meta[
-            "normalize_embeddings"], show_progress_bar=False).astype(np.float32)
-        lines = "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in new).encode("utf-8")
-        self._append("embeddings.f32", len(self) * self.meta["dimension"] * 4, vectors.tobytes())
-        self._append("texts.jsonl", self.meta["text_bytes"], lines)
-        meta = {**self.meta, "rows": len(self) + len(new), "text_bytes": self.meta["text_bytes"] + len(lines)}
-        self._commit(meta)  # the moment the rows count: until meta.json names them, they are not there
-        self._remember(new)
-        self.meta = meta
+    def remove(self, texts: str | list[str]) -> int:
+        """Drop the rows of these texts (those not cached are ignored); returns how many rows were dropped.
+
+        The rows kept are copied, through memory, into new files, in order: ``corpus_id`` shifts past a dropped
+        row. Texts that are not valid Unicode are refused before anything is written, as in ``add``."""
+        gone = set(text_list(texts))
+        with self._lock:
+            self._refresh()
+            keep = [row for row, text in enumerate(self.texts) if text not in gone]
+            dropped, generation = len(self) - len(keep), self.meta["generation"] + 1
+            if dropped:  # the rows kept go into the next generation's files; then the old files go
+                self._write([self.texts[row] for row in keep], self.embeddings[keep], generation)
+                for path in (path for path in self._row_files() if path.name not in file_names(generation)):
+                    path.unlink(missing_ok=True)  # the old generation's, and any that a crash left
+        return dropped
 
     def search(self, queries: str | list[str], top_k: int = 10) -> list[list[dict]]:
         """Encode the queries and search the cache: per query, hits with ``corpus_id``, ``score`` and ``text``."""
@@ -177,12 +189,8 @@ class EmbeddingCache:
         return hits[0] if single else hits
 
     # --- reading ------------------------------------------------------------------------------------
-    def _refuse_orphaned_rows(self) -> None:
-        stored = [name for name in ("embeddings.f32", "texts.jsonl")
-                  if (self.folder / name).is_file() and (self.folder / name).stat().st_size]
-        if stored:
-            raise DamagedCacheError(f"{self.folder / 'meta.json'} is missing, but {' and '.join(stored)} hold rows: "
-                                    "without it the rows cannot be read. Restore meta.json, or use a new folder.")
+    def _row_files(self) -> list[Path]:  # of every generation
+        return [*self.folder.glob("embeddings*.f32"), *self.folder.glob("texts*.jsonl")]
 
     def _read_meta(self) -> dict:
         path = self.folder / "meta.json"
@@ -194,33 +202,35 @@ class EmbeddingCache:
             raise DamagedCacheError(f"{path} is damaged: not valid JSON ({error}).") from error
         if not isinstance(meta, dict):
             raise DamagedCacheError(f"{path} is damaged: it holds a {type(meta).__name__}, not a JSON object.")
+        meta.setdefault("generation", 0)  # written before remove existed
         for key, kind in META_TYPES.items():
-            value = meta.get(key)
             try:
                 if kind is int:
-                    check_count(key, value, least=0)
-                elif not isinstance(value, kind):
-                    raise TypeError(f"{key} is {value!r}")
+                    check_count(key, meta.get(key), least=0)
+                elif not isinstance(meta.get(key), kind):
+                    raise TypeError(f"{key} is {meta.get(key)!r}")
             except (TypeError, ValueError) as error:
                 raise DamagedCacheError(f"{path} is damaged: {error}") from None
-        for name, needed in (("embeddings.f32", meta["rows"] * meta["dimension"] * 4),
-                             ("texts.jsonl", meta["text_bytes"])):
-            size = (self.folder / name).stat().st_size if (self.folder / name).is_file() else None
-            if needed and size is None:
-                raise DamagedCacheError(f"{self.folder / name} is missing; meta.json records {meta['rows']} rows.")
-            if needed and size < needed:
-                raise DamagedCacheError(f"{self.folder / name} is truncated: it holds {size} bytes, but meta.json "
-                                        f"records {meta['rows']} rows, which take {needed} bytes.")
         return meta
 
-    def _read_new_texts(self, meta: dict) -> None:
-        """Read the texts that ``meta`` commits past those already in memory, checking each line."""
-        path, start, stop = self.folder / "texts.jsonl", self.meta["text_bytes"], meta["text_bytes"]
-        data = b""
+    def _refresh(self) -> None:  # read what other writers committed since we last looked
+        meta = self._read_meta()
+        try:
+            if meta != self.meta:
+                self._catch_up(meta)
+        except FileNotFoundError as error:
+            if self._read_meta()["generation"] != meta["generation"]:
+                return self._refresh()  # a remove deleted the files as we opened them: read the ones it made
+            raise DamagedCacheError(f"{error.filename} is missing; meta.json records {meta['rows']} rows.") from None
+
+    def _catch_up(self, meta: dict) -> None:
+        """Read what ``meta`` commits past what is in memory (a new generation: all), checking sizes and lines."""
+        old = self.meta if meta["generation"] == self.meta["generation"] else {"rows": 0, "text_bytes": 0}
+        vectors_name, texts_name = file_names(meta["generation"])
+        path, start, stop, data = self.folder / texts_name, old["text_bytes"], meta["text_bytes"], b""
         if stop > start:
-            with open(path, "rb") as f:
-                f.seek(start)
-                data = f.read(stop - start)
+            with self._open(texts_name, stop, meta) as f:
+                data = os.pread(f.fileno(), stop - start, start)
         try:
             lines = data.decode("utf-8").split("\n")
         except UnicodeDecodeError as error:
@@ -228,7 +238,7 @@ class EmbeddingCache:
         if lines.pop() != "":  # committed text always ends at a line's end
             raise DamagedCacheError(f"{path} is damaged: its committed text does not end with a line break.")
         texts = []
-        for number, line in enumerate(lines, start=len(self.texts) + 1):
+        for number, line in enumerate(lines, start=old["rows"] + 1):
             try:
                 text = json.loads(line)
             except ValueError:
@@ -236,35 +246,46 @@ class EmbeddingCache:
             if not isinstance(text, str):
                 raise DamagedCacheError(f"{path} is damaged: line {number} is not a JSON string: {line!r:.60}.")
             texts.append(text)
-        if len(self.texts) + len(texts) != meta["rows"]:
-            raise DamagedCacheError(f"{path} holds {len(self.texts) + len(texts)} texts, but meta.json records "
-                                    f"{meta['rows']} rows.")
-        self._remember(texts)
+        if (count := old["rows"] + len(texts)) != meta["rows"]:
+            raise DamagedCacheError(f"{path} holds {count} texts, but meta.json records {meta['rows']} rows.")
+        vectors = self._open(vectors_name, meta["rows"] * meta["dimension"] * 4, meta) if meta["rows"] else None
+        self._close_vectors()  # the file we held, if any (a user's memmap of it keeps its own mapping)
+        self._vectors, self._close_vectors = vectors, weakref.finalize(self, vectors.close) if vectors else lambda: None
+        if old is not self.meta:
+            self.texts, self._cached = [], set()
+        self.texts += texts
+        self._cached.update(texts)
         self.meta = meta
 
-    def _remember(self, texts: list[str]) -> None:
-        self._row_of.update({t: len(self.texts) + i for i, t in enumerate(texts)})
-        self.texts += texts
-
-    def _refresh(self) -> None:
-        meta = self._read_meta()
-        if meta["rows"] != len(self.texts):
-            self._read_new_texts(meta)
+    def _open(self, name: str, needed: int, meta: dict):  # checked to hold the bytes that meta commits
+        f = open(self.folder / name, "rb")  # noqa: SIM115 (held open, or closed by the caller's with)
+        if (size := os.fstat(f.fileno()).st_size) < needed:
+            f.close()
+            raise DamagedCacheError(f"{f.name} is truncated: it holds {size} bytes, but meta.json records "
+                                    f"{meta['rows']} rows, which take {needed} bytes.")
+        return f
 
     def _check_model(self) -> None:
         """Refuse to mix rows of two models: the weights may have changed in place since the cache was opened."""
         state = model_state(self.model)
-        if state == self._model_state:
-            return
-        if model_fingerprint(self.model) != self.meta["fingerprint"]:
-            raise ValueError(f"The model changed since {self.folder} was opened (new weights, e.g. after fit, or "
-                             "other settings): its rows were made by the model as it was. Open a new cache with "
-                             "the changed model, or reload the old one.")
-        self._model_state = state  # changed and changed back: the same model
+        if state != self._model_state and model_fingerprint(self.model) != self.meta["fingerprint"]:
+            raise ValueError(f"The model changed since {self.folder} was opened (new weights, e.g. after fit, or other "
+                             "settings); its rows were made by the old one. Open a new cache, or reload the old model.")
+        self._model_state = state  # the same, or changed and changed back: the same model
 
     # --- writing -------------------------------------------------------------------------------------
-    def _append(self, name: str, committed: int, data: bytes) -> None:
-        """Write ``data`` at the committed end of ``name``, dropping what a crashed append left past it."""
+    def _write(self, texts: list[str], vectors: np.ndarray, generation: int) -> None:
+        """Write rows past the committed end of ``generation`` (a new one: from its start), then commit them."""
+        rows, size = (len(self), self.meta["text_bytes"]) if generation == self.meta["generation"] else (0, 0)
+        lines = "".join(json.dumps(text, ensure_ascii=False) + "\n" for text in texts).encode("utf-8")
+        vectors_name, texts_name = file_names(generation)
+        self._append(vectors_name, rows * self.meta["dimension"] * 4, np.ascontiguousarray(vectors, np.float32))
+        self._append(texts_name, size, lines)
+        meta = {**self.meta, "generation": generation, "rows": rows + len(texts), "text_bytes": size + len(lines)}
+        self._commit(meta)  # the moment the rows count (and a remove's dropped ones stop): meta.json names them
+
+    def _append(self, name: str, committed: int, data: bytes | np.ndarray) -> None:
+        """Write ``data`` at byte ``committed`` of ``name``, dropping what a crashed write left past it."""
         fd = os.open(self.folder / name, os.O_RDWR | os.O_CREAT, 0o666)
         with open(fd, "r+b") as f:
             f.truncate(committed)
@@ -273,10 +294,7 @@ class EmbeddingCache:
             f.flush()
             os.fsync(f.fileno())
 
-    def _commit(self, meta: dict) -> None:
-        tmp = self.folder / "meta.json.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(json.dumps(meta, indent=2))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.folder / "meta.json")  # atomic: readers see the old or the new, never half
+    def _commit(self, meta: dict) -> None:  # replace meta.json, then read what it commits
+        self._append("meta.json.tmp", 0, json.dumps(meta, indent=2).encode("utf-8"))
+        os.replace(self.folder / "meta.json.tmp", self.folder / "meta.json")  # atomic: readers see old or new
+        self._catch_up(meta)

@@ -314,3 +314,187 @@ def test_fine_tuning_the_model_of_an_open_cache_is_noticed(tmp_path, tiny_st_dir
     with pytest.raises(ValueError, match="model changed since"):
         cache.add(["the dog"])
     assert EmbeddingCache(tmp_path / "c", SentenceTransformer(tiny_st_dir, device="cpu")).texts == ["the cat"]
+
+
+# --- remove: rows dropped all at once, the rest untouched ------------------------------------------------
+def files_of(folder) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_remove_drops_the_rows_of_those_texts_and_keeps_the_others_byte_for_byte(tmp_path, model):
+    cache = EmbeddingCache(tmp_path / "c", model)
+    cache.add(TINY_SENTENCES)
+    before = np.array(cache.embeddings)
+    gone = random.Random(0).sample(TINY_SENTENCES, 4)
+    assert cache.remove([*gone, gone[0], "never added"]) == 4  # a repeat and an unknown text count for nothing
+    kept = [row for row, text in enumerate(TINY_SENTENCES) if text not in gone]
+    for reader in (cache, EmbeddingCache(tmp_path / "c", model)):  # this object, and a reopened one
+        assert reader.texts == [TINY_SENTENCES[row] for row in kept] and len(reader) == len(kept)
+        assert reader.embeddings.tobytes() == before[kept].tobytes()  # copied, never re-encoded
+        np.testing.assert_allclose(reader.embeddings, model.encode(reader.texts, normalize_embeddings=True), atol=1e-6)
+        hits = reader.search(gone, top_k=len(TINY_SENTENCES))  # every row, for each removed text
+        assert [len(row) for row in hits] == [len(kept)] * 4
+        assert not {hit["text"] for row in hits for hit in row} & set(gone)
+    assert sorted(files_of(tmp_path / "c")) == [".lock", "embeddings.1.f32", "meta.json", "texts.1.jsonl"]
+    assert json.loads((tmp_path / "c" / "meta.json").read_text())["generation"] == 1
+    assert cache.remove("the cat sat on the mat") == (TINY_SENTENCES[0] not in gone)  # a string is one text
+
+
+def test_removing_texts_not_cached_returns_0_and_writes_nothing(tmp_path, model):
+    empty = EmbeddingCache(tmp_path / "empty", model)
+    assert empty.remove(["anything"]) == 0 and len(empty) == 0
+    cache = EmbeddingCache(tmp_path / "c", model)
+    cache.add(TINY_SENTENCES[:3])
+    files = files_of(tmp_path / "c")
+    assert cache.remove(["never added", TINY_SENTENCES[5]]) == 0 and cache.remove([]) == 0
+    assert files_of(tmp_path / "c") == files and cache.texts == TINY_SENTENCES[:3]
+
+
+def test_removing_every_row_leaves_an_empty_cache_that_grows_again(tmp_path, model):
+    cache = EmbeddingCache(tmp_path / "c", model)
+    cache.add(TINY_SENTENCES[:3])
+    assert cache.remove(TINY_SENTENCES[:3]) == 3 and len(cache) == 0 and cache.embeddings.shape == (0, 8)
+    assert cache.search("the cat") == [] and EmbeddingCache(tmp_path / "c", model).texts == []
+    assert cache.add(TINY_SENTENCES[:2]) == 2 and EmbeddingCache(tmp_path / "c", model).texts == TINY_SENTENCES[:2]
+
+
+def test_add_after_remove_appends_and_encodes_a_removed_text_again(tmp_path, model, counting):
+    cache = EmbeddingCache(tmp_path / "c", model)
+    cache.add(TINY_SENTENCES[:5])
+    assert cache.remove(TINY_SENTENCES[1]) == 1
+    counting.clear()
+    assert cache.add([TINY_SENTENCES[1], TINY_SENTENCES[0], TINY_SENTENCES[5]]) == 2
+    assert counting == [TINY_SENTENCES[1], TINY_SENTENCES[5]]  # the removed text is encoded again, the kept one not
+    expected = [TINY_SENTENCES[i] for i in (0, 2, 3, 4, 1, 5)]
+    assert EmbeddingCache(tmp_path / "c", model).texts == cache.texts == expected
+    np.testing.assert_allclose(cache.embeddings, model.encode(expected, normalize_embeddings=True), atol=1e-6)
+    assert cache.remove(TINY_SENTENCES[2]) == 1  # a second remove: generation 2, the files of 1 deleted
+    assert sorted(files_of(tmp_path / "c")) == [".lock", "embeddings.2.f32", "meta.json", "texts.2.jsonl"]
+
+
+def test_other_open_caches_see_a_remove_on_their_next_search_or_add(tmp_path, model, counting):
+    writer = EmbeddingCache(tmp_path / "c", model)
+    writer.add(TINY_SENTENCES[:6])
+    searcher, adder = EmbeddingCache(tmp_path / "c", model), EmbeddingCache(tmp_path / "c", model)
+    before = np.array(searcher.embeddings)
+    assert writer.remove(TINY_SENTENCES[:2]) == 2
+    # Until it looks again, the searcher keeps the rows it read: its file is open, though its name is gone.
+    assert not (tmp_path / "c" / "embeddings.f32").exists() and searcher.texts == TINY_SENTENCES[:6]
+    np.testing.assert_array_equal(searcher.embeddings, before)
+    hits = searcher.search(TINY_SENTENCES[0], top_k=10)
+    assert searcher.texts == TINY_SENTENCES[2:6] and {hit["text"] for hit in hits} == set(TINY_SENTENCES[2:6])
+    counting.clear()
+    assert adder.add(TINY_SENTENCES[:8]) == 4 and counting == [*TINY_SENTENCES[:2], *TINY_SENTENCES[6:8]]
+    assert EmbeddingCache(tmp_path / "c", model).texts == [*TINY_SENTENCES[2:6], *TINY_SENTENCES[:2],
+                                                           *TINY_SENTENCES[6:8]]
+
+
+def test_a_remove_between_a_readers_look_at_meta_json_and_its_read_is_caught(tmp_path, model, monkeypatch):
+    reader, writer = EmbeddingCache(tmp_path / "c", model), EmbeddingCache(tmp_path / "c", model)
+    writer.add(TINY_SENTENCES[:4])
+    read_meta, removed = reader._read_meta, []
+
+    def read_meta_then_remove():  # the reader has read meta.json (generation 0); now a writer removes
+        meta = read_meta()
+        if not removed:
+            removed.append(writer.remove(TINY_SENTENCES[0]))
+        return meta
+
+    monkeypatch.setattr(reader, "_read_meta", read_meta_then_remove)
+    assert [hit["text"] for hit in reader.search(TINY_SENTENCES[1], top_k=1)] == [TINY_SENTENCES[1]]
+    assert removed == [1] and reader.texts == TINY_SENTENCES[1:4]  # it read generation 1, not the deleted 0
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stop", ["before the commit", "after the commit"])
+def test_a_remove_stopped_before_or_after_its_commit_leaves_the_old_or_the_new_cache(tmp_path, model, monkeypatch,
+                                                                                      stop):
+    cache = EmbeddingCache(tmp_path / "c", model)
+    cache.add(TINY_SENTENCES[:5])
+    before = np.array(cache.embeddings)
+
+    def crash(*args, **kwargs):
+        raise Crash
+
+    if stop == "before the commit":  # the new generation's files are written, meta.json not yet replaced
+        monkeypatch.setattr(EmbeddingCache, "_commit", crash)
+    else:  # meta.json replaced, the old generation's files not yet deleted
+        monkeypatch.setattr(type(tmp_path), "unlink", crash)
+    with pytest.raises(Crash):
+        cache.remove(TINY_SENTENCES[1:3])
+    monkeypatch.undo()
+    assert {"embeddings.f32", "texts.jsonl", "embeddings.1.f32", "texts.1.jsonl"} <= set(files_of(tmp_path / "c"))
+    reopened = EmbeddingCache(tmp_path / "c", model)
+    kept, generation = ([0, 1, 2, 3, 4], 1) if stop == "before the commit" else ([0, 3, 4], 2)
+    assert reopened.texts == [TINY_SENTENCES[row] for row in kept]
+    np.testing.assert_array_equal(reopened.embeddings, before[kept])
+    reopened.add(TINY_SENTENCES[5])
+    assert reopened.remove(TINY_SENTENCES[0]) == 1  # the next remove overwrites or deletes what the crash left
+    assert sorted(files_of(tmp_path / "c")) == [".lock", f"embeddings.{generation}.f32", "meta.json",
+                                                f"texts.{generation}.jsonl"]
+    again = EmbeddingCache(tmp_path / "c", model)
+    assert again.texts == [TINY_SENTENCES[row] for row in kept[1:]] + [TINY_SENTENCES[5]]
+    np.testing.assert_allclose(again.embeddings, model.encode(again.texts, normalize_embeddings=True), atol=1e-6)
+
+
+def test_a_cache_written_before_remove_existed_opens_and_removes(tmp_path, model):
+    EmbeddingCache(tmp_path / "c", model).add(TINY_SENTENCES[:3])
+    meta = json.loads((tmp_path / "c" / "meta.json").read_text())
+    del meta["generation"]  # as every cache was written before
+    (tmp_path / "c" / "meta.json").write_text(json.dumps(meta))
+    cache = EmbeddingCache(tmp_path / "c", model)
+    assert cache.texts == TINY_SENTENCES[:3] and cache.remove(TINY_SENTENCES[0]) == 1
+    assert EmbeddingCache(tmp_path / "c", model).texts == TINY_SENTENCES[1:3]
+
+
+def test_a_lone_surrogate_is_refused_at_remove_before_anything_is_written(tmp_path, model):
+    cache = EmbeddingCache(tmp_path / "c", model)
+    cache.add(["kept", "fine"])
+    files = files_of(tmp_path / "c")
+    with pytest.raises(ValueError, match="item 1"):
+        cache.remove(["fine", "broken \ud800 text"])
+    assert files_of(tmp_path / "c") == files and EmbeddingCache(tmp_path / "c", model).texts == ["kept", "fine"]
+
+
+def apply(texts: list[str], op: str, batch: list[str]) -> list[str]:
+    """The texts after ``add`` or ``remove`` of ``batch``."""
+    return [t for t in texts if t not in batch] if op == "remove" else list(dict.fromkeys(texts + batch))
+
+
+@pytest.mark.slow
+def test_killed_at_random_moments_while_removing_the_cache_is_the_old_or_the_new_one(tmp_path, model):
+    pool = [f"text {i}" for i in range(30)]
+    EmbeddingCache(tmp_path / "c", model).add(pool)
+    rng = random.Random(0)
+    for round_ in range(15):
+        read, write = os.pipe()
+
+        def writer(seed=round_, write=write):  # removes a few texts, adds them back, again and again
+            cache, chooser = EmbeddingCache(tmp_path / "c", model), random.Random(seed)
+            while True:
+                batch = chooser.sample(cache.texts, 3)
+                for op in ("remove", "add"):
+                    os.write(write, (json.dumps([op, batch]) + "\n").encode())  # what it starts
+                    getattr(cache, op)(batch)
+                    os.write(write, b"done\n")  # acknowledged: it returned
+
+        before = EmbeddingCache(tmp_path / "c", model).texts
+        pid = in_child(writer)
+        os.close(write)
+        time.sleep(rng.uniform(0.0, 0.3))
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        with os.fdopen(read) as pipe:
+            lines = pipe.read().splitlines()
+        done = before
+        for started, finished in itertools.zip_longest(lines[::2], lines[1::2]):
+            started = apply(done, *json.loads(started))
+            if finished == "done":
+                done = started
+        cache = EmbeddingCache(tmp_path / "c", model)
+        assert cache.texts in (done, started), f"round {round_}: neither the old nor the new cache"
+        np.testing.assert_allclose(cache.embeddings, model.encode(cache.texts, normalize_embeddings=True), atol=1e-6)
+        cache.add(pool)  # whole again for the next round

@@ -242,6 +242,12 @@ hits = search_and_rerank(model, reranker, "my chain squeaks", model.encode_docum
                          rerank_top_k=3)
 print(len(hits), sorted(hits[0]))
 """, "2 ['bi_score', 'corpus_id', 'score', 'text']"),
+    "VectorFAQ": (LOAD + """
+import tempfile
+faq = VectorFAQ(model, tempfile.mkdtemp())
+print(faq.update({"chain": "Oil the chain when it squeaks.", "tyres": "Pump the tyres every week."}),
+      faq.update({"chain": "Oil the chain when it squeaks."})["deleted"], faq.ask("my chain squeaks")[0]["corpus_id"])
+""", "{'added': 2, 'updated': 0, 'deleted': 0, 'unchanged': 0} 1 chain"),
 }
 
 
