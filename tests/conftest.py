@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from sentence_transformers import CrossEncoder as STCrossEncoder
 from sentence_transformers import SentenceTransformer as STModel
 from sentence_transformers.base.modules import Dense as STDense
 from sentence_transformers.base.modules import Normalize as STNormalize
@@ -97,6 +98,15 @@ def real_model(real_model_dir):
 def st_real_model(real_model_dir) -> STModel:
     """sentence-transformers' all-MiniLM-L6-v2 on the CPU, shared by the session: never change it."""
     return STModel(str(real_model_dir), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def cross_encoder_dir(real_model_dir, tmp_path_factory) -> Path:
+    """A cross-encoder: all-MiniLM-L6-v2 with a seeded random one-label head, saved by sentence-transformers."""
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("cross_encoder") / "model"
+    STCrossEncoder(str(real_model_dir), num_labels=1).save(str(folder))
+    return folder
 
 
 @pytest.fixture(scope="session")

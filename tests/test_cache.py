@@ -224,6 +224,18 @@ def in_child(action) -> int:
     return pid
 
 
+def killed_at_random(writer, rng: random.Random) -> str:
+    """Run ``writer(write_fd)`` in a child, SIGKILL it at a random moment; returns what it wrote to the pipe."""
+    read, write = os.pipe()
+    pid = in_child(lambda: writer(write))
+    os.close(write)
+    time.sleep(rng.uniform(0.0, 0.3))
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as pipe:
+        return pipe.read()
+
+
 def test_two_processes_adding_at_once_lose_nothing(tmp_path, model):
     EmbeddingCache(tmp_path / "c", model)
     shared = [f"shared text {i}" for i in range(12)]
@@ -264,21 +276,13 @@ def test_killed_at_random_moments_every_acknowledged_row_survives(tmp_path, mode
     EmbeddingCache(tmp_path / "c", model)
     rng, batch = random.Random(0), 0
     for _ in range(15):
-        read, write = os.pipe()
-
-        def writer(first=batch, write=write):
+        def writer(write, first=batch):
             cache = EmbeddingCache(tmp_path / "c", model)
             for number in itertools.count(first):
                 cache.add([f"batch {number} text {i}" for i in range(3)])
                 os.write(write, f"{number}\n".encode())  # acknowledged: add returned
 
-        pid = in_child(writer)
-        os.close(write)
-        time.sleep(rng.uniform(0.0, 0.3))
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        with os.fdopen(read) as pipe:
-            acknowledged = [int(line) for line in pipe.read().split()]
+        acknowledged = [int(line) for line in killed_at_random(writer, rng).split()]
         cache = EmbeddingCache(tmp_path / "c", model)
         assert set(cache.texts) >= {f"batch {n} text {i}" for n in acknowledged for i in range(3)}
         batch = (acknowledged[-1] if acknowledged else batch) + 2  # past anything the killed add may have kept
@@ -470,9 +474,7 @@ def test_killed_at_random_moments_while_removing_the_cache_is_the_old_or_the_new
     EmbeddingCache(tmp_path / "c", model).add(pool)
     rng = random.Random(0)
     for round_ in range(15):
-        read, write = os.pipe()
-
-        def writer(seed=round_, write=write):  # removes a few texts, adds them back, again and again
+        def writer(write, seed=round_):  # removes a few texts, adds them back, again and again
             cache, chooser = EmbeddingCache(tmp_path / "c", model), random.Random(seed)
             while True:
                 batch = chooser.sample(cache.texts, 3)
@@ -482,13 +484,7 @@ def test_killed_at_random_moments_while_removing_the_cache_is_the_old_or_the_new
                     os.write(write, b"done\n")  # acknowledged: it returned
 
         before = EmbeddingCache(tmp_path / "c", model).texts
-        pid = in_child(writer)
-        os.close(write)
-        time.sleep(rng.uniform(0.0, 0.3))
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        with os.fdopen(read) as pipe:
-            lines = pipe.read().splitlines()
+        lines = killed_at_random(writer, rng).splitlines()
         done = before
         for started, finished in itertools.zip_longest(lines[::2], lines[1::2]):
             started = apply(done, *json.loads(started))

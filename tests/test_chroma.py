@@ -164,6 +164,7 @@ def test_sync_writes_in_batches_chroma_accepts(client, function, monkeypatch):
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"documents": ["fine", "bad \ud800"]}, "lone surrogate|UTF-8"),
     ({"documents": ["a", "b"], "ids": ["x", "x"]}, "'x' is given twice"),
+    ({"documents": ["a", "a"], "metadatas": [{"k": 1}, {"k": 2}]}, r"given twice \(items 0 and 1\), with other"),
     ({"documents": ["a"], "ids": [""]}, "non-empty string"),
     ({"documents": ["a", "b"], "ids": ["x"]}, "2 documents, 1 ids"),
     ({"documents": ["a"], "metadatas": [{"k": None}]}, "metadata 'k' of id"),

@@ -11,7 +11,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 from sentence_transformers import CrossEncoder as STCrossEncoder
 from sentence_transformers.cross_encoder import evaluation as st_evaluation
 
@@ -46,15 +45,6 @@ def reranking_samples(mode: str) -> list[dict]:
     samples[5]["positive"] = samples[5]["positive"][0]  # a string: upstream reads it as one positive
     samples[7]["positive"] = []  # nothing to rank: scores 0
     return samples
-
-
-@pytest.fixture(scope="session")
-def cross_encoder_dir(real_model_dir, tmp_path_factory) -> Path:
-    """all-MiniLM-L6-v2 with a random (seeded) one-label head, saved by sentence-transformers."""
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("cross_encoder") / "model"
-    STCrossEncoder(str(real_model_dir), num_labels=1).save(str(folder))
-    return folder
 
 
 @pytest.fixture(scope="session")

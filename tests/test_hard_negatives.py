@@ -178,15 +178,6 @@ def test_a_duck_typed_cross_encoder_rescores_as_upstream(models, output_format, 
     assert_same(ours, theirs)
 
 
-@pytest.fixture(scope="module")
-def cross_encoder_dir(real_model_dir, tmp_path_factory) -> Path:
-    """all-MiniLM-L6-v2 with a random (seeded) one-label head, saved by sentence-transformers."""
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("hard_negatives_cross_encoder") / "model"
-    STCrossEncoder(str(real_model_dir), num_labels=1).save(str(folder))
-    return folder
-
-
 @pytest.mark.slow
 def test_minist_cross_encoder_rescores_as_upstream_s(models, cross_encoder_dir):
     """minist's CrossEncoder in minist's mining, upstream's in upstream's, both from the same folder."""

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from minist import SentenceTransformer
 
@@ -101,24 +100,13 @@ def test_the_core_never_imports_the_integrations():
 
 
 @pytest.fixture(scope="session")
-def reranker_dir(tmp_path_factory, real_model_dir) -> Path:
-    """A cross-encoder: all-MiniLM-L6-v2 with a seeded random one-label head, saved by sentence-transformers."""
-    from sentence_transformers import CrossEncoder as STCrossEncoder
-
-    folder = tmp_path_factory.mktemp("reranker") / "model"
-    torch.manual_seed(0)
-    STCrossEncoder(str(real_model_dir), num_labels=1).save(str(folder))
-    return folder
-
-
-@pytest.fixture(scope="session")
-def rerankers(reranker_dir):
+def rerankers(cross_encoder_dir):
     """minist's CrossEncoder and, as the reference, sentence-transformers' own, on the same folder."""
     from sentence_transformers import CrossEncoder as STCrossEncoder
 
     from minist.cross_encoder import CrossEncoder
 
-    return CrossEncoder(reranker_dir, device="cpu"), STCrossEncoder(str(reranker_dir), device="cpu")
+    return CrossEncoder(cross_encoder_dir, device="cpu"), STCrossEncoder(str(cross_encoder_dir), device="cpu")
 
 
 def check_ranking(ranked: list[dict], expected: list[dict]) -> None:
@@ -127,7 +115,7 @@ def check_ranking(ranked: list[dict], expected: list[dict]) -> None:
 
 
 @pytest.mark.slow
-def test_langchain_reranker_reranks_what_a_vector_store_retrieved(model, rerankers, reranker_dir):
+def test_langchain_reranker_reranks_what_a_vector_store_retrieved(model, rerankers, cross_encoder_dir):
     from langchain_core.documents import Document
     from langchain_core.vectorstores import InMemoryVectorStore
 
@@ -142,7 +130,7 @@ def test_langchain_reranker_reranks_what_a_vector_store_retrieved(model, reranke
     ranked = reranker.rank(RERANK_QUERY, texts, top_k=3)
     check_ranking(ranked, upstream.rank(RERANK_QUERY, texts, top_k=3))
     assert [hit["corpus_id"] for hit in ranked] != [0, 1, 2]  # the reranker changes the retriever's order
-    by_model, by_path = MinistReranker(reranker), MinistReranker(reranker_dir)  # top_n=3 by default
+    by_model, by_path = MinistReranker(reranker), MinistReranker(cross_encoder_dir)  # top_n=3 by default
     for best in [by_model.compress_documents(retrieved, RERANK_QUERY),
                  asyncio.run(by_path.acompress_documents(retrieved, RERANK_QUERY))]:
         check_ranking([{"corpus_id": texts.index(document.page_content),
@@ -153,7 +141,7 @@ def test_langchain_reranker_reranks_what_a_vector_store_retrieved(model, reranke
 
 
 @pytest.mark.slow
-def test_llama_index_rerank_matches_its_sentence_transformer_rerank(model, rerankers, reranker_dir):
+def test_llama_index_rerank_matches_its_sentence_transformer_rerank(model, rerankers, cross_encoder_dir):
     from llama_index.core import Document, VectorStoreIndex
     from llama_index.core.llms.mock import MockLLM
     from llama_index.core.postprocessor import SentenceTransformerRerank
@@ -172,16 +160,16 @@ def test_llama_index_rerank_matches_its_sentence_transformer_rerank(model, reran
                                           for node in retrieved], top_k=3)
     assert [hit["corpus_id"] for hit in ranked] != [0, 1, 2]  # the reranker changes the retriever's order
     # The reference overwrites the scores of the nodes it is given: it gets copies.
-    reference = SentenceTransformerRerank(top_n=3, model=str(reranker_dir), device="cpu").postprocess_nodes(
+    reference = SentenceTransformerRerank(top_n=3, model=str(cross_encoder_dir), device="cpu").postprocess_nodes(
         copy.deepcopy(retrieved), query_str=RERANK_QUERY)
     ids = [node.node.node_id for node in retrieved]
     check_ranking([{"corpus_id": ids.index(node.node.node_id), "score": float(node.score)} for node in reference],
                   ranked)
-    for rerank in [MinistRerank(reranker, top_n=3), MinistRerank(reranker_dir, top_n=3)]:  # a model, or a path
+    for rerank in [MinistRerank(reranker, top_n=3), MinistRerank(cross_encoder_dir, top_n=3)]:  # a model, or a path
         best = rerank.postprocess_nodes(retrieved, query_str=RERANK_QUERY)
         check_ranking([{"corpus_id": ids.index(node.node.node_id), "score": node.score} for node in best], ranked)
     assert [node.score for node in retrieved] == retrieval_scores  # new NodeWithScores: the retrieved ones stay
-    assert rerank.model == str(reranker_dir) and rerank.to_dict()["top_n"] == 3
+    assert rerank.model == str(cross_encoder_dir) and rerank.to_dict()["top_n"] == 3
     # In a query engine (MockLLM: no LLM to call), the reranked nodes are the response's sources.
     engine = index.as_query_engine(llm=MockLLM(), similarity_top_k=8, node_postprocessors=[rerank])
     assert [node.node.node_id for node in engine.query(RERANK_QUERY).source_nodes] == [ids[h["corpus_id"]]

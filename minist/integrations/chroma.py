@@ -162,8 +162,9 @@ def check_records(documents, ids, metadatas) -> tuple[list[str], list[str], list
     for index, (id, text, metadata) in enumerate(zip(ids, documents, metadatas, strict=True)):
         if not isinstance(id, str) or not id:
             raise TypeError(f"ids[{index}] is {id!r}; an id must be a non-empty string.")
-        if seen.setdefault(id, text) != text:  # hash ids repeat with their text: one record, not a clash
-            raise ValueError(f"id {id!r} is given twice (items {list(ids).index(id)} and {index}); ids must be unique.")
+        if seen.setdefault(id, (text, metadata)) != (text, metadata):  # a text repeated whole is one record
+            raise ValueError(f"id {id!r} is given twice (items {ids.index(id)} and {index}), with other text or "
+                             "metadata; ids must be unique.")
         for key, value in (metadata or {}).items():
             if not isinstance(value, SCALARS) and not (isinstance(value, list) and value and
                                                        len({type(v) for v in value}) == 1 and
