@@ -237,12 +237,13 @@ def search(collection, model, queries: str | list[str], top_k: int = 10, where: 
     function, single = as_function(model), isinstance(queries, str)
     check_count("top_k", top_k)
     queries = text_list(queries)
+    if not queries:
+        return []
+    # No count() first: Chroma returns what it holds, up to n_results, and at 100k vectors a count() costs more
+    # than the query itself (benchmarks/README.md).
     with server_errors(collection._client):
-        size = collection.count()
-        if not size or not queries:
-            return [] if single else [[] for _ in queries]
-        found = collection.query(query_embeddings=np.asarray(function.embed_query(queries)),
-                                 n_results=min(top_k, size), where=where)
+        found = collection.query(query_embeddings=np.asarray(function.embed_query(queries)), n_results=top_k,
+                                 where=where)
     # Chroma's distances: cosine and ip give 1 - cos, squared L2 gives 2 - 2 cos (for unit vectors).
     halve = (collection.configuration_json.get("hnsw") or {}).get("space", "l2") == "l2"
     hits = [[{"corpus_id": id, "score": 1 - (d / 2 if halve else d), "text": text, "metadata": metadata}
