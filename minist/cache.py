@@ -1,36 +1,29 @@
 """Cache a corpus's embeddings on disk: encode once, load back memory-mapped, grow without re-encoding.
 
-``EmbeddingCache(folder, model)`` opens the cache in ``folder`` (or starts one); ``add(texts)`` encodes
-only the texts it has not seen yet and appends them (``encode_document``: with the model's document prompt,
-if it has one; ``search`` encodes queries with ``encode_query``); ``remove(texts)`` drops rows (to edit a
-text, remove the old one and add the new). The folder holds:
-
-- ``embeddings.f32``: float32 rows, back to back (read with ``numpy.memmap``, so a large corpus is
-  paged in from disk as it is used rather than read whole);
-- ``texts.jsonl``: the texts, one JSON string a line, in row order. Lines end at ``"\\n"`` only: JSON
-  escapes that one inside a string, while U+2028, U+0085 and the other breaks that ``str.splitlines`` cuts
-  at are kept as they are, inside their text;
-- ``meta.json``: what made the rows (the model's fingerprint and name, normalization, dimension), the
-  committed row count and text bytes, and the files' generation (after 3 removes: ``texts.3.jsonl``...);
-- ``.lock``: the lock file that writers take turns on.
+``EmbeddingCache(folder, model)`` opens the cache in ``folder`` (or starts one); ``add(texts)`` encodes the
+texts it has not seen yet with ``encode_document`` and appends them; ``remove(texts)`` drops rows; ``search``
+encodes queries with ``encode_query``. The folder holds ``embeddings.f32`` (float32 rows, back to back, read
+with ``numpy.memmap``: paged in from disk as used), ``texts.jsonl`` (one JSON string a line, in row order,
+split at ``"\\n"`` only: U+2028, U+0085 and the other breaks of ``str.splitlines`` stay inside their text),
+``meta.json`` (the model's fingerprint and name, normalization, dimension, the committed rows and text bytes,
+and the files' generation: ``texts.3.jsonl`` after 3 removes) and ``.lock``, which writers take turns on.
 
 What it guarantees, and how:
 
-- Nothing acknowledged is lost. ``add`` encodes ``chunk_size`` new texts at a time; for each chunk it
-  appends the rows past the committed end, flushes them to disk, then replaces ``meta.json`` atomically.
-  A crash (or ``kill -9``) at any point leaves every chunk committed before it; a half-written tail is
-  ignored and overwritten. So a long job is resumable: the same ``add`` again encodes only what is missing.
+- Nothing acknowledged is lost. For each chunk of ``chunk_size`` new texts, ``add`` appends the rows past the
+  committed end, flushes them to disk, then replaces ``meta.json`` atomically. A crash (or ``kill -9``) keeps
+  every chunk committed before it, and a half-written tail is ignored: the same ``add`` again resumes.
 - A remove is all or nothing: it copies the rows it keeps into the next generation's files, flushes them,
-  replaces ``meta.json``, then deletes the old files. A crash before the replace leaves the old cache,
-  after it the new one; the next remove deletes or overwrites the files a crash left.
-- Writers (processes or threads) take turns on an exclusive file lock (``filelock``): ``add`` and
-  ``remove`` read what others committed, then write, so no text is encoded or stored twice. Readers take
-  no lock: they read committed rows only, which no writer changes, and hold their embeddings file open (a
-  remove deletes its name, not its rows) until their next ``search`` reads the new generation.
-- Damage is refused at open, naming the file: a missing ``meta.json`` beside stored rows, a ``meta.json``
-  that is not the cache's JSON, files shorter than ``meta.json`` records, texts that are not JSON lines.
-- Rows of one model only: a cache made by another model (another fingerprint) is refused, and so is one
-  whose model changed since it was opened (``fit`` updates the weights in place), before any row is mixed.
+  replaces ``meta.json``, then deletes the old files. A crash leaves the old cache or the new one.
+- Writers (processes or threads) take turns on an exclusive file lock (``filelock``) and read what others
+  committed before they write: no text is encoded or stored twice. Readers take no lock: they read committed
+  rows only, and hold their embeddings file open (a remove deletes its name) until their next ``search``.
+- Rows of one model only: a cache made by another model (another fingerprint), or whose model changed since
+  it was opened (``fit`` updates the weights in place), is refused before any row is mixed. Each chunk is
+  checked before it is written: rows of another width (another model's pool), NaN, inf or int8 are refused.
+- Damage is refused at open, naming the file: a missing or garbled ``meta.json``, files shorter than it
+  records, texts that are not JSON lines, a data file that is a symbolic link. No write follows a link
+  (``O_NOFOLLOW``; ``meta.json.tmp`` is created exclusively): one planted in a shared folder is never written.
 
 Left out: editing a row in place, compression, caches on network file systems without working locks.
 """
@@ -55,7 +48,7 @@ META_TYPES = {"model": (str, type(None)), "fingerprint": str, "normalize_embeddi
 
 
 class DamagedCacheError(ValueError):
-    """A cache file is missing, cut short or garbled; the message names the file and what is wrong."""
+    """A cache file is missing, cut short, garbled or a link; the message names the file and what is wrong."""
 
 
 def file_names(generation: int) -> tuple[str, str]:
@@ -64,11 +57,9 @@ def file_names(generation: int) -> tuple[str, str]:
     return f"embeddings{suffix}.f32", f"texts{suffix}.jsonl"
 
 
-def _settings(model) -> str:
-    settings = f"{model!r} max_seq_length={model.max_seq_length}"
-    if getattr(model, "quantize", None):  # bf16/fp16 autocast change the numbers but no weight
-        settings += f" quantize={model.quantize}"
-    return settings
+def _settings(model) -> str:  # quantize too: bf16/fp16 autocast change the numbers but no weight
+    quantize = f" quantize={model.quantize}" if getattr(model, "quantize", None) else ""
+    return f"{model!r} max_seq_length={model.max_seq_length}{quantize}"
 
 
 def model_fingerprint(model) -> str:
@@ -81,10 +72,8 @@ def model_fingerprint(model) -> str:
 
 
 def model_state(model) -> tuple:
-    """A cheap token that changes whenever the weights may have: each tensor's address and in-place
-    version counter (which every optimizer step and ``load_state_dict`` bumps), plus the settings."""
-    tensors = [*model.parameters(), *model.buffers()]
-    return _settings(model), tuple((t.data_ptr(), t._version) for t in tensors)
+    """A cheap token that changes whenever the weights may: the settings, each tensor's address and version."""
+    return _settings(model), tuple((t.data_ptr(), t._version) for t in [*model.parameters(), *model.buffers()])
 
 
 class EmbeddingCache:
@@ -118,10 +107,9 @@ class EmbeddingCache:
                     self._commit(self.meta)
         meta = self._read_meta()
         if meta["fingerprint"] != self.meta["fingerprint"]:
-            raise ValueError(
-                f"{self.folder} holds embeddings made by another model ({meta['model']!r}, fingerprint "
-                f"{meta['fingerprint'][:12]}), not by this one ({self.meta['model']!r}, fingerprint "
-                f"{self.meta['fingerprint'][:12]}). Open it with the model that made it, or use a new folder.")
+            raise ValueError(f"{self.folder} holds embeddings made by another model ({meta['model']!r}, fingerprint "
+                             f"{meta['fingerprint'][:12]}), not by this one ({self.meta['model']!r}, fingerprint "
+                             f"{self.meta['fingerprint'][:12]}). Open it with the model that made it, or a new folder.")
         if meta["normalize_embeddings"] != normalize_embeddings:
             raise ValueError(f"{self.folder} holds embeddings made with normalize_embeddings="
                              f"{meta['normalize_embeddings']}; open it with the same setting.")
@@ -135,19 +123,16 @@ class EmbeddingCache:
 
     @property
     def embeddings(self) -> np.ndarray:
-        """(rows, dimension) float32, memory-mapped: pages are read from disk as they are used. Writing into
-        the array changes this copy only (copy-on-write), never the file."""
+        """(rows, dimension) float32, memory-mapped and copy-on-write: writing into it never changes the file."""
         shape = (len(self), self.meta["dimension"])
         return np.memmap(self._vectors, np.float32, "c", shape=shape) if len(self) else np.zeros(shape, np.float32)
 
     def add(self, texts: str | list[str], chunk_size: int | None = 1024, pool=None) -> int:
         """Encode and append the texts not cached yet (each once); returns how many were new.
 
-        A string is one text, as in ``encode``. Texts that are not valid Unicode are refused before anything
-        is written (a ValueError naming the item). Every ``chunk_size`` new texts are committed as they are
-        encoded (None: all at once), so an interrupted ``add`` loses at most one chunk's work.
-        ``pool`` (from ``model.start_multi_process_pool()``) encodes each chunk in worker processes.
-        """
+        A string is one text, as in ``encode``; texts that are not valid Unicode are refused before anything is
+        written. Every ``chunk_size`` new texts are checked and committed as they are encoded (None: all at once).
+        ``pool`` (from ``model.start_multi_process_pool()``) encodes each chunk in worker processes."""
         texts = text_list(texts)
         check_count("chunk_size", chunk_size, optional=True)
         self._check_model()
@@ -158,14 +143,12 @@ class EmbeddingCache:
             for chunk in (new[start:start + step] for start in range(0, len(new), step)):
                 vectors = self.model.encode_document(chunk, batch_size=self.batch_size, pool=pool, normalize_embeddings=
                                                      self.meta["normalize_embeddings"], show_progress_bar=False)
-                self._write(chunk, vectors, self.meta["generation"])
+                self._write(chunk, self._checked(chunk, vectors), self.meta["generation"])
         return len(new)
 
     def remove(self, texts: str | list[str]) -> int:
         """Drop the rows of these texts (those not cached are ignored); returns how many rows were dropped.
-
-        The rows kept are copied, through memory, into new files, in order: ``corpus_id`` shifts past a dropped
-        row. Texts that are not valid Unicode are refused before anything is written, as in ``add``."""
+        The rows kept stay in order (``corpus_id`` shifts past a dropped one). To edit a text: remove, then add."""
         gone = set(text_list(texts))
         with self._lock:
             self._refresh()
@@ -188,14 +171,14 @@ class EmbeddingCache:
         hits = [[{**hit, "text": self.texts[hit["corpus_id"]]} for hit in row] for row in hits]
         return hits[0] if single else hits
 
-    # --- reading ------------------------------------------------------------------------------------
     def _row_files(self) -> list[Path]:  # of every generation
         return [*self.folder.glob("embeddings*.f32"), *self.folder.glob("texts*.jsonl")]
 
     def _read_meta(self) -> dict:
         path = self.folder / "meta.json"
         try:
-            meta = json.loads(path.read_bytes().decode("utf-8"))
+            with self._open("meta.json") as f:
+                meta = json.loads(f.read().decode("utf-8"))
         except FileNotFoundError as error:
             raise DamagedCacheError(f"{path} is missing; the cache's rows cannot be read without it.") from error
         except ValueError as error:  # UnicodeDecodeError and JSONDecodeError are both ValueErrors
@@ -214,9 +197,8 @@ class EmbeddingCache:
         return meta
 
     def _refresh(self) -> None:  # read what other writers committed since we last looked
-        meta = self._read_meta()
         try:
-            if meta != self.meta:
+            if (meta := self._read_meta()) != self.meta:
                 self._catch_up(meta)
         except FileNotFoundError as error:
             if self._read_meta()["generation"] != meta["generation"]:
@@ -229,7 +211,7 @@ class EmbeddingCache:
         vectors_name, texts_name = file_names(meta["generation"])
         path, start, stop, data = self.folder / texts_name, old["text_bytes"], meta["text_bytes"], b""
         if stop > start:
-            with self._open(texts_name, stop, meta) as f:
+            with self._open(texts_name, needed=stop) as f:
                 data = os.pread(f.fileno(), stop - start, start)
         try:
             lines = data.decode("utf-8").split("\n")
@@ -248,7 +230,7 @@ class EmbeddingCache:
             texts.append(text)
         if (count := old["rows"] + len(texts)) != meta["rows"]:
             raise DamagedCacheError(f"{path} holds {count} texts, but meta.json records {meta['rows']} rows.")
-        vectors = self._open(vectors_name, meta["rows"] * meta["dimension"] * 4, meta) if meta["rows"] else None
+        vectors = self._open(vectors_name, needed=meta["rows"] * meta["dimension"] * 4) if meta["rows"] else None
         self._close_vectors()  # the file we held, if any (a user's memmap of it keeps its own mapping)
         self._vectors, self._close_vectors = vectors, weakref.finalize(self, vectors.close) if vectors else lambda: None
         if old is not self.meta:
@@ -257,12 +239,15 @@ class EmbeddingCache:
         self._cached.update(texts)
         self.meta = meta
 
-    def _open(self, name: str, needed: int, meta: dict):  # checked to hold the bytes that meta commits
-        f = open(self.folder / name, "rb")  # noqa: SIM115 (held open, or closed by the caller's with)
-        if (size := os.fstat(f.fileno()).st_size) < needed:
+    def _open(self, name: str, flags: int = os.O_RDONLY, needed: int = 0):
+        """A file of the folder, never opened through a link, checked to hold the ``needed`` bytes meta.json commits."""
+        if (path := self.folder / name).is_symlink():  # named here; O_NOFOLLOW refuses one planted after this look
+            raise DamagedCacheError(f"{path} is a symbolic link; a cache reads and writes its own files only. "
+                                    "Remove the link, or use a folder only you can write.")
+        f = open(os.open(path, flags | os.O_NOFOLLOW, 0o666), "r+b" if flags & os.O_RDWR else "rb")  # noqa: SIM115
+        if (size := os.fstat(f.fileno()).st_size) < needed:  # f: held open, or closed by the caller's with
             f.close()
-            raise DamagedCacheError(f"{f.name} is truncated: it holds {size} bytes, but meta.json records "
-                                    f"{meta['rows']} rows, which take {needed} bytes.")
+            raise DamagedCacheError(f"{path} is truncated: it holds {size} bytes, but meta.json commits {needed}.")
         return f
 
     def _check_model(self) -> None:
@@ -273,7 +258,21 @@ class EmbeddingCache:
                              "settings); its rows were made by the old one. Open a new cache, or reload the old model.")
         self._model_state = state  # the same, or changed and changed back: the same model
 
-    # --- writing -------------------------------------------------------------------------------------
+    def _checked(self, texts: list[str], vectors) -> np.ndarray:
+        """The chunk's rows as float32: one finite row of the cache's dimension per text, or a ValueError."""
+        vectors, shape = np.asarray(vectors), (len(texts), self.meta["dimension"])
+        with np.errstate(over="ignore"):  # a float64 too large for float32 becomes inf, refused below
+            rows = vectors.astype(np.float32) if vectors.dtype.kind == "f" else None
+        if rows is None:
+            problem = f"gave {vectors.dtype} values; the cache stores float rows only (encode with float32 precision)"
+        elif rows.shape != shape:
+            problem = f"gave rows of shape {rows.shape} for {shape[0]} texts, not {shape}: another model's (pool's?)"
+        elif not (finite := np.isfinite(rows).all(axis=1)).all():
+            problem = f"gave values that are not finite (NaN or inf) for {texts[finite.argmin()]!r:.60}"
+        else:
+            return rows
+        raise ValueError(f"The model {problem}. Nothing of it was written; the {len(self)} rows before are kept.")
+
     def _write(self, texts: list[str], vectors: np.ndarray, generation: int) -> None:
         """Write rows past the committed end of ``generation`` (a new one: from its start), then commit them."""
         rows, size = (len(self), self.meta["text_bytes"]) if generation == self.meta["generation"] else (0, 0)
@@ -284,10 +283,9 @@ class EmbeddingCache:
         meta = {**self.meta, "generation": generation, "rows": rows + len(texts), "text_bytes": size + len(lines)}
         self._commit(meta)  # the moment the rows count (and a remove's dropped ones stop): meta.json names them
 
-    def _append(self, name: str, committed: int, data: bytes | np.ndarray) -> None:
+    def _append(self, name: str, committed: int, data: bytes | np.ndarray, flags=os.O_RDWR | os.O_CREAT) -> None:
         """Write ``data`` at byte ``committed`` of ``name``, dropping what a crashed write left past it."""
-        fd = os.open(self.folder / name, os.O_RDWR | os.O_CREAT, 0o666)
-        with open(fd, "r+b") as f:
+        with self._open(name, flags) as f:
             f.truncate(committed)
             f.seek(committed)
             f.write(data)
@@ -295,6 +293,8 @@ class EmbeddingCache:
             os.fsync(f.fileno())
 
     def _commit(self, meta: dict) -> None:  # replace meta.json, then read what it commits
-        self._append("meta.json.tmp", 0, json.dumps(meta, indent=2).encode("utf-8"))
-        os.replace(self.folder / "meta.json.tmp", self.folder / "meta.json")  # atomic: readers see old or new
+        if os.path.isfile(tmp := self.folder / "meta.json.tmp") and not tmp.is_symlink():
+            os.unlink(tmp)  # a crashed commit's: a new one is created exclusively, never a planted link's target
+        self._append(tmp.name, 0, json.dumps(meta, indent=2).encode("utf-8"), os.O_RDWR | os.O_CREAT | os.O_EXCL)
+        os.replace(tmp, self.folder / "meta.json")  # atomic: readers see old or new
         self._catch_up(meta)

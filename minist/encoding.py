@@ -148,8 +148,12 @@ def as_results(encoded, single: bool, output_value: str, convert_to_numpy: bool,
 
 
 def empty_result(dim: int, device: torch.device, output_value: str, convert_to_numpy: bool,
-                 convert_to_tensor: bool):
-    """What ``encode([])`` returns: no rows, but the right type and width."""
+                 convert_to_tensor: bool, precision: str):
+    """What ``encode([])`` returns: no rows, but the type, dtype and width that ``precision`` gives
+    (int8 ``(0, dim)``; binary ``(0, ceil(dim / 8))``), so that it joins the other batches' results."""
     if output_value != "sentence_embedding" or not (convert_to_numpy or convert_to_tensor):
         return []
-    return torch.empty(0, dim, device=device) if convert_to_tensor else np.zeros((0, dim), np.float32)
+    if precision == "float32":
+        return torch.empty(0, dim, device=device) if convert_to_tensor else np.zeros((0, dim), np.float32)
+    empty = quantize_embeddings(np.zeros((0, dim), np.float32), precision, ranges=np.zeros((2, dim), np.float32))
+    return torch.from_numpy(empty) if convert_to_tensor else empty  # on the CPU, as as_results puts quantized ones

@@ -26,7 +26,7 @@ from transformers.utils import logging as hf_logging
 
 from minist import bert
 from minist.dense import Dense
-from minist.inputs import check_count, json_field, read_json
+from minist.inputs import check_count, check_text, json_field, read_json
 from minist.normalize import Normalize
 from minist.pooling import Pooling
 from minist.similarity import SIMILARITY_FUNCTIONS
@@ -231,5 +231,7 @@ def read_model_config(path: Path) -> dict:
     prompts = json_field(config, "prompts", dict, path, {})
     if not all(isinstance(text, str) for text in prompts.values()):
         raise ValueError(f"{path}: every prompt must be a string, not {prompts!r:.80}.")
+    for prompt_name, text in prompts.items():  # JSON's "\ud800" escape reads as a lone surrogate: named now
+        check_text(text, f"{path}: prompt {prompt_name!r}")  # rather than by the tokenizer at the first encode
     return {"similarity_fn_name": name, "prompts": prompts,
             "default_prompt_name": json_field(config, "default_prompt_name", (str, type(None)), path, None)}

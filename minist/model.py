@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from minist.cpu import choose_path
 from minist.encoding import AUTOCAST_DTYPES, OutputValue, as_results, check_arguments, empty_result, encode_texts
 from minist.hub import resolve_model_folder
-from minist.inputs import check_count, log_once, renamed_keywords, text_list
+from minist.inputs import check_count, check_text, log_once, renamed_keywords, text_list
 from minist.loading import load_steps, output_dimension, read_model_config
 from minist.ort import onnx_model
 from minist.parallel import Pool, encode_in_pool, start_pool, stop_pool
@@ -286,7 +286,7 @@ class SentenceTransformer(nn.Sequential):
                 raise ValueError("output_value=None (every feature) is not sent back by a pool: encode without one.")
             if not texts:
                 return empty_result(truncate_dim or self.get_embedding_dimension(), self.device, output_value,
-                                    convert_to_numpy, convert_to_tensor)
+                                    convert_to_numpy, convert_to_tensor, precision)
             encoded = encode_in_pool(self, texts, pool or device, chunk_size, show_progress_bar, dict(
                 prompt=prompt or "", batch_size=batch_size, output_value=output_value, truncate_dim=truncate_dim,
                 normalize_embeddings=normalize_embeddings, max_batch_tokens=max_batch_tokens))
@@ -298,7 +298,7 @@ class SentenceTransformer(nn.Sequential):
         self.eval()
         if not texts:
             return empty_result(truncate_dim or self.get_embedding_dimension(), self.device, output_value,
-                                convert_to_numpy, convert_to_tensor)
+                                convert_to_numpy, convert_to_tensor, precision)
 
         encoded = encode_texts(self, texts, prompt, batch_size, max_batch_tokens, output_value, truncate_dim,
                                normalize_embeddings, show_progress_bar)
@@ -330,11 +330,15 @@ class SentenceTransformer(nn.Sequential):
             if prompt_name is not None:
                 logger.warning("Provide either a `prompt`, a `prompt_name`, or neither, but not both. "
                                "Ignoring the `prompt_name` in favor of `prompt`.")
+            check_text(prompt, "prompt")  # a lone surrogate is named here, not by the tokenizer
             return prompt
         if prompt_name is not None and prompt_name not in self.prompts:
             raise ValueError(f"Prompt name '{prompt_name}' not found in the configured prompts dictionary with keys "
                              f"{list(self.prompts)!r}.")
-        return self.prompts.get(prompt_name or self.default_prompt_name)
+        prompt_name = prompt_name or self.default_prompt_name
+        if prompt_name in self.prompts:  # set in the constructor or since: checked as a given one is
+            check_text(self.prompts[prompt_name], f"prompt {prompt_name!r}")
+        return self.prompts.get(prompt_name)
 
     # --- save --------------------------------------------------------------------------------------
     def save(self, path: str | Path, safe_serialization: bool = True) -> None:

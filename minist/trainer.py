@@ -19,7 +19,9 @@ Such an argument is refused by name rather than ignored.
 from __future__ import annotations
 
 import math
+import re
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,8 +63,8 @@ class SentenceTransformerTrainer:
 
     >>> SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss).train()  # doctest: +SKIP
 
-    The arguments and every row are checked here, before any training. ``evaluator`` (one, or a list) runs
-    with the eval loss on ``eval_dataset`` whenever ``args.eval_strategy`` says, or on ``trainer.evaluate()``.
+    The arguments, every row and ``output_dir`` are checked here, before any training. ``evaluator`` (one, or a
+    list) runs with the eval loss on ``eval_dataset`` whenever ``args.eval_strategy`` says, or on ``evaluate()``.
     """
 
     def __init__(self, model, args: SentenceTransformerTrainingArguments | None = None, train_dataset=None,
@@ -84,7 +86,23 @@ class SentenceTransformerTrainer:
         set_seed(self.args.seed)  # as the Hugging Face Trainer: torch, numpy and random, e.g. for dropout
         self.train_examples = self._examples(train_dataset, "train_dataset", self.args.per_device_train_batch_size)
         self.eval_examples = self._examples(eval_dataset, "eval_dataset", self.args.per_device_eval_batch_size)
+        if self.args.save_strategy != "no" or self.evaluators:
+            self._check_output_dir()
         self.state = TrainerState()
+
+    def _check_output_dir(self) -> None:
+        """Create ``output_dir`` and write there once, as upstream creates it, so that a folder that cannot take
+        checkpoints or evaluator results is refused now rather than at the first save, hundreds of steps in."""
+        folder = Path(self.args.output_dir)
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(f"output_dir '{folder}' is a file, and the checkpoints and evaluator results "
+                                     "go in a folder: give another output_dir.")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=folder).close()  # a real write: permissions, ACLs, a read-only mount
+        except OSError as error:
+            raise type(error)(f"output_dir '{folder}' cannot be written ({error.strerror or error}): give an "
+                              "output_dir you may write to.") from error
 
     def default_loss(self, model) -> Loss:
         """The loss when none is given, as upstream's: CoSENTLoss."""
@@ -98,6 +116,8 @@ class SentenceTransformerTrainer:
         if not isinstance(columns, list):  # a DatasetDict has a dict of them
             raise TypeError(f"{name} must be one datasets.Dataset, not {type(dataset).__name__}: minist's trainer "
                             "leaves out DatasetDict (several datasets) and IterableDataset.")
+        if len(dataset) == 0:  # first: the columns of Dataset.from_dict({"s1": [], ...}) hold null, not text
+            raise ValueError(f"{name} is empty: it has no rows. Check what it was built or filtered from.")
         label = next((column for column in LABEL_COLUMNS if column in columns), None)
         texts = [column for column in columns if column != label]
         for column in texts:
@@ -109,8 +129,6 @@ class SentenceTransformerTrainer:
         if label is None and self.loss.needs_labels:
             raise ValueError(f"{type(self.loss).__name__} needs labels, and {name} has no label column (named "
                              f"{', '.join(LABEL_COLUMNS)}): all its columns {columns} are texts.")
-        if len(dataset) == 0:
-            raise ValueError(f"{name} is empty.")
         values = [list(dataset[column]) for column in texts]
         labels = list(dataset[label]) if label else [None] * len(dataset)
         examples = [InputExample(texts=list(row), label=value) for *row, value in zip(*values, labels, strict=True)]
@@ -212,8 +230,11 @@ class SentenceTransformerTrainer:
         if save:  # the model only: minist's checkpoints do not resume training
             folder = Path(self.args.output_dir)
             self.model.save(folder / f"checkpoint-{self.state.global_step}")
-            checkpoints = sorted(folder.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
-            for old in checkpoints[:-self.args.save_total_limit] if self.args.save_total_limit else []:
+            steps = {int(match[1]): path for path in folder.iterdir()  # a user's checkpoint-final stays, as upstream
+                     if (match := re.fullmatch(r"checkpoint-(\d+)", path.name)) and path.is_dir()}
+            checkpoints = [steps[step] for step in sorted(steps)]
+            limit = self.args.save_total_limit or 0  # None, 0 or less: keep them all, as upstream
+            for old in checkpoints[:-limit] if limit > 0 else []:
                 shutil.rmtree(old)
 
     def _log(self, **values: float) -> None:

@@ -64,7 +64,7 @@ class SentenceTransformerTrainingArguments:
     eval_steps: float | None = None  # None: logging_steps; below 1, as every *_steps: a fraction of the steps
     save_strategy: str = "steps"
     save_steps: float = 500
-    save_total_limit: int | None = None  # keep only the newest checkpoints
+    save_total_limit: int | None = None  # keep only this many, the newest; None, 0 or less: all, as upstream
     logging_steps: float = 500
     bf16: bool = False
     fp16: bool = False  # CUDA only
@@ -99,12 +99,13 @@ class SentenceTransformerTrainingArguments:
             setattr(self, name, value)
         check_settings({"lr": self.learning_rate}, self.max_grad_norm or math.inf, per_device_train_batch_size=
                        self.per_device_train_batch_size, per_device_eval_batch_size=self.per_device_eval_batch_size)
+        # Finite too: math.ceil(inf) in train() would be a raw OverflowError (upstream's, too).
         for name in ("num_train_epochs", "logging_steps", "save_steps", "eval_steps"):  # eval_steps may be None
-            if getattr(self, name) is not None and not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, not {getattr(self, name)!r}.")
+            if getattr(self, name) is not None and not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be positive and finite, not {getattr(self, name)!r}.")
         for name in ("warmup_ratio", "warmup_steps", "weight_decay"):
-            if getattr(self, name) is not None and not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be at least 0, not {getattr(self, name)!r}.")
+            if getattr(self, name) is not None and not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be finite and at least 0, not {getattr(self, name)!r}.")
         if self.warmup_ratio is not None and self.warmup_steps:
             raise ValueError("Give warmup_ratio or warmup_steps, not both.")
         if self.fp16 and self.bf16:

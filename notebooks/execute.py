@@ -17,7 +17,8 @@ So before writing, `tidy`:
   which JupyterLab writes on every save: opening and saving a notebook then leaves `git diff` empty.
 
 The file is written as JupyterLab saves it (whole numbers without ".0", nbformat's one-space indent and
-sorted keys, a final newline), so opening and saving it in JupyterLab changes nothing.
+sorted keys, a final newline), so opening and saving it in JupyterLab changes nothing. It is written to a
+temporary file beside it and renamed over it, so a kill or a full disk leaves the old notebook, not half of one.
 Left out: widgets other than `interact` and tqdm's bar keep their saved views as they are (these notebooks
 have no others), and the Python version in `language_info` stays the one of the machine that ran it.
 """
@@ -26,6 +27,9 @@ from __future__ import annotations
 
 import argparse
 import html
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import nbformat
@@ -120,8 +124,25 @@ def _as_javascript_numbers(value):
 
 
 def write(nb: nbformat.NotebookNode, path: Path) -> None:
-    """Write ``nb`` byte for byte as JupyterLab saves it: nbformat.writes of its JSON, then a final newline."""
-    path.write_text(nbformat.writes(_as_javascript_numbers(nb)) + "\n", encoding="utf-8")
+    """Write ``nb`` byte for byte as JupyterLab saves it: nbformat.writes of its JSON, then a final newline.
+
+    Through a temporary file beside ``path``, flushed to disk, then renamed over it in one step: a reader, a
+    kill or a full disk sees the old notebook or the new one, never an empty or a partial one.
+    """
+    text = nbformat.writes(_as_javascript_numbers(nb)) + "\n"
+    path = path.resolve()  # a symlinked notebook: replace the file it points to, not the link
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with open(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if path.exists():
+            shutil.copymode(path, temporary)  # mkstemp's file is private (0o600)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
 
 
 def main() -> None:
@@ -129,6 +150,8 @@ def main() -> None:
     parser.add_argument("notebooks", nargs="+", type=Path)
     parser.add_argument("--tidy-only", action="store_true", help="tidy the saved outputs, run nothing")
     args = parser.parse_args()
+    if missing := next((path for path in args.notebooks if not path.is_file()), None):
+        parser.exit(2, f"{parser.prog}: error: {missing}: no such notebook\n")  # one line: no usage, no traceback
     for path in args.notebooks:
         nb = nbformat.read(path, as_version=4)
         if not args.tidy_only:

@@ -494,3 +494,101 @@ def test_killed_at_random_moments_while_removing_the_cache_is_the_old_or_the_new
         assert cache.texts in (done, started), f"round {round_}: neither the old nor the new cache"
         np.testing.assert_allclose(cache.embeddings, model.encode(cache.texts, normalize_embeddings=True), atol=1e-6)
         cache.add(pool)  # whole again for the next round
+
+
+# --- each chunk checked before it is written; never a write through a link -------------------------------
+@pytest.fixture(scope="module")
+def wide_model(tmp_path_factory, tiny_hf_dir):
+    """A model of another width (32, no Dense), as a pool started from another model would answer."""
+    folder = tmp_path_factory.mktemp("wide") / "model"
+    build_st_model(tiny_hf_dir, dense=False).save(str(folder))
+    return SentenceTransformer(folder, device="cpu")
+
+
+def poisoned(rows, value=np.nan):
+    return np.where(np.arange(rows.size).reshape(rows.shape) == rows.size // 2, value, rows)
+
+
+@pytest.mark.parametrize(("bad", "message"), [
+    ("another model", r"shape \(2, 32\) for 2 texts, not \(2, 8\): another model's \(pool's\?\)"),
+    ("a row short", r"shape \(1, 8\) for 2 texts"),
+    ("NaN", "not finite.*'The dogs run fast!'"),
+    ("inf", "not finite"),
+    ("int8", "int8"),
+])
+def test_a_bad_chunk_is_refused_before_it_is_written_and_every_earlier_row_is_kept(tmp_path, model, wide_model,
+                                                                                    monkeypatch, bad, message):
+    cache = EmbeddingCache(tmp_path / "c", model)
+    cache.add(TINY_SENTENCES[2:5])
+    files, encode = files_of(tmp_path / "c"), model.encode_document
+    answers = {"another model": wide_model.encode_document, "a row short": lambda texts, **kw: encode(texts[1:], **kw),
+               "NaN": lambda texts, **kw: poisoned(encode(texts, **kw)),
+               "inf": lambda texts, **kw: poisoned(encode(texts, **kw), -np.inf),
+               "int8": lambda texts, **kw: encode(texts, precision="int8", **kw)}
+    monkeypatch.setattr(model, "encode_document", answers[bad])
+    with pytest.raises(ValueError, match=message):  # the first chunk of 2 goes through the bad encoder
+        cache.add(TINY_SENTENCES[:2], chunk_size=2)
+    monkeypatch.undo()
+    assert files_of(tmp_path / "c") == files and cache.texts == TINY_SENTENCES[2:5]  # nothing written
+    reopened = EmbeddingCache(tmp_path / "c", model)
+    assert reopened.texts == TINY_SENTENCES[2:5]
+    assert reopened.add(TINY_SENTENCES[:2]) == 2 and EmbeddingCache(tmp_path / "c", model).texts == [
+        *TINY_SENTENCES[2:5], *TINY_SENTENCES[:2]]
+    np.testing.assert_allclose(reopened.embeddings, model.encode(reopened.texts, normalize_embeddings=True), atol=1e-6)
+
+
+def test_chunks_before_a_bad_one_are_committed_and_float64_or_float16_rows_are_stored_as_float32(tmp_path, model,
+                                                                                                 monkeypatch):
+    cache, encode, calls = EmbeddingCache(tmp_path / "c", model), model.encode_document, []
+
+    def float64_then_float16_then_nan(texts, **kwargs):
+        calls.append(texts)
+        rows = encode(texts, **kwargs)
+        return [rows.astype(np.float64), rows.astype(np.float16), poisoned(rows)][len(calls) - 1]
+
+    monkeypatch.setattr(model, "encode_document", float64_then_float16_then_nan)
+    with pytest.raises(ValueError, match="not finite"):
+        cache.add(TINY_SENTENCES[:6], chunk_size=2)
+    monkeypatch.undo()
+    reopened = EmbeddingCache(tmp_path / "c", model)
+    assert reopened.texts == TINY_SENTENCES[:4] and reopened.embeddings.dtype == np.float32
+    expected = model.encode(TINY_SENTENCES[:4], normalize_embeddings=True)
+    np.testing.assert_array_equal(reopened.embeddings[:2], expected[:2])
+    np.testing.assert_array_equal(reopened.embeddings[2:], expected[2:].astype(np.float16))
+
+
+@pytest.fixture
+def victim(tmp_path):
+    """A file outside the cache folder, that a link planted in the folder points at."""
+    path = tmp_path / "victim.txt"
+    path.write_bytes(b"precious, not the cache's\n" * 100)
+    return path
+
+
+@pytest.mark.parametrize(("name", "when"), [
+    ("meta.json.tmp", "add"), ("embeddings.f32", "add"), ("texts.jsonl", "add"),  # a cache with 0 rows
+    ("embeddings.1.f32", "remove"), ("texts.1.jsonl", "remove"), ("meta.json.tmp", "remove"),
+])
+def test_a_write_never_follows_a_planted_symlink(tmp_path, model, victim, name, when):
+    cache = EmbeddingCache(tmp_path / "c", model)
+    if when == "remove":
+        cache.add(TINY_SENTENCES[:4])
+    before = cache.texts[:]
+    (tmp_path / "c" / name).symlink_to(victim)
+    with pytest.raises(DamagedCacheError, match=rf"{name} is a symbolic link"):
+        cache.add(TINY_SENTENCES[:4]) if when == "add" else cache.remove(TINY_SENTENCES[0])
+    assert victim.read_bytes() == b"precious, not the cache's\n" * 100
+    (tmp_path / "c" / name).unlink()  # the way out: remove the link
+    reopened = EmbeddingCache(tmp_path / "c", model)  # the cache as it was (rows written, not committed, ignored)
+    assert reopened.texts == before and reopened.add(TINY_SENTENCES[:5]) == 5 - len(before)
+    np.testing.assert_allclose(reopened.embeddings, model.encode(reopened.texts, normalize_embeddings=True), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["meta.json", "embeddings.f32", "texts.jsonl"])
+def test_a_data_file_that_is_a_symlink_is_refused_at_open_by_name(tmp_path, model, name):
+    EmbeddingCache(tmp_path / "c", model).add(TINY_SENTENCES[:4])
+    real = tmp_path / "c" / name
+    real.rename(tmp_path / name)  # the same bytes, through a link
+    real.symlink_to(tmp_path / name)
+    with pytest.raises(DamagedCacheError, match=rf"{name} is a symbolic link"):
+        EmbeddingCache(tmp_path / "c", model)

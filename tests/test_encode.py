@@ -78,6 +78,22 @@ def test_empty_list_gives_an_empty_matrix(pair):
     assert model.encode([], output_value="token_embeddings") == []
 
 
+@pytest.mark.parametrize("precision", ["float32", "int8", "uint8", "binary", "ubinary"])
+@pytest.mark.parametrize("truncate_dim", [None, 4])
+@pytest.mark.parametrize("device", [None, ["cpu"]])  # ["cpu"]: the pool's path, which returns before starting one
+def test_empty_list_gives_the_dtype_and_width_of_its_precision(pair, precision, truncate_dim, device):
+    model, _ = pair
+    options = dict(precision=precision, truncate_dim=truncate_dim)
+    two = model.encode(["a cat", "a dog"], **options)  # the reference: int8 (2, 8); ubinary (2, 1) packed bits
+    empty = model.encode([], device=device, **options)
+    assert (empty.shape, empty.dtype) == ((0, two.shape[1]), two.dtype)
+    assert np.concatenate([two, empty]).dtype == two.dtype  # an empty batch no longer turns int8 into float32
+    two = model.encode(["a cat", "a dog"], convert_to_tensor=True, **options)
+    empty = model.encode([], convert_to_tensor=True, device=device, **options)
+    assert (empty.shape, empty.dtype, empty.device) == ((0, two.shape[1]), two.dtype, two.device)
+    assert model.encode([], convert_to_numpy=False, device=device, **options) == []  # a list of rows: none
+
+
 def test_empty_string_gives_a_real_embedding(pair):
     model, theirs = pair
     got = model.encode("")
@@ -115,6 +131,24 @@ def test_a_lone_surrogate_is_named_by_index_before_any_work(pair, monkeypatch, t
         model.encode(text)
     with pytest.raises(UnicodeEncodeError):  # what the check stands for: Python's own UTF-8 encoder refuses it
         text.encode("utf-8")
+
+
+@pytest.mark.parametrize(("call", "named"), [
+    (lambda model: model.encode(["a cat"], prompt="q\ud800: "), "prompt"),
+    (lambda model: model.encode(["a cat"], prompt_name="query"), "prompt 'query'"),
+    (lambda model: model.encode_query("a cat"), "prompt 'query'"),
+    (lambda model: model.encode(["a cat"], device=["cpu"], prompt_name="query"), "prompt 'query'"),  # no pool started
+], ids=["prompt", "prompt_name", "encode_query", "pool"])
+def test_a_prompt_with_a_lone_surrogate_is_named_before_any_work(tiny_st_dir, monkeypatch, call, named):
+    model = SentenceTransformer(tiny_st_dir, device="cpu", prompts={"query": "q\ud800: ", "document": "d: "})
+    monkeypatch.setattr(model[0], "tokenize", lambda *a, **k: pytest.fail("tokenized before the prompt was checked"))
+    with pytest.raises(ValueError, match=rf"^{named} holds a lone surrogate \(U\+D800\) at character 1, which is not"):
+        call(model)
+    model.default_prompt_name = "query"
+    with pytest.raises(ValueError, match=r"^prompt 'query' holds a lone surrogate"):
+        model.encode("a cat")  # the default prompt, given no other
+    monkeypatch.undo()
+    assert model.encode_document(["a cat"]).shape == (1, 8)  # the other prompts work as before
 
 
 def test_text_list_is_the_check_other_modules_share():

@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -96,6 +97,17 @@ def test_folder_without_weights_tokenizer_or_config(tmp_path, tiny_hf_dir, remov
     folder = shutil.copytree(tiny_hf_dir, tmp_path / "m")
     (folder / remove).unlink()
     with pytest.raises(FileNotFoundError, match=f"{folder}.*{named}"):
+        SentenceTransformer(folder)
+
+
+def test_a_saved_prompt_with_a_lone_surrogate_is_named_at_load(tmp_path, tiny_st_dir):
+    folder = shutil.copytree(tiny_st_dir, tmp_path / "m")
+    path = folder / "config_sentence_transformers.json"
+    config = json.loads(path.read_text()) | {"prompts": {"query": "query: ", "document": "passage\udc80: "}}
+    path.write_text(json.dumps(config))  # written as the escape \udc80, which JSON reads back as a lone surrogate
+    assert json.loads(path.read_text())["prompts"]["document"] == "passage\udc80: "
+    with pytest.raises(ValueError, match=re.escape(f"{path}: prompt 'document' holds a lone surrogate (U+DC80) at "
+                                                   "character 7")):
         SentenceTransformer(folder)
 
 

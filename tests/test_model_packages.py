@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import TINY_SENTENCES
+from filelock import FileLock
 
 import minist.hub
 from minist import SentenceTransformer, packages
@@ -93,14 +95,17 @@ def test_the_fake_package_is_joined_once_and_loads_like_its_source(fake, tiny_st
                                SentenceTransformer(tiny_st_dir, device="cpu").encode(TINY_SENTENCES), atol=1e-7)
 
 
-@pytest.mark.parametrize("damage", ["flip a byte", "truncate"])
-def test_a_damaged_part_is_refused_naming_the_package_to_reinstall(fake, damage):
+@pytest.mark.parametrize("damage", ["flip a byte", "truncate", "delete"])
+def test_a_damaged_or_deleted_part_is_refused_naming_the_package_to_reinstall(fake, damage):
     part = fake.site / "tiny-split-part_002" / "input" / "tiny-split.zip.002"
     data = bytearray(part.read_bytes())
     if damage == "flip a byte":
         data[len(data) // 2] ^= 0xFF
     part.write_bytes(data if damage == "flip a byte" else data[:-100])
-    with pytest.raises(ValueError, match=r"Reinstall the package tiny-split-part-002: pip install --force-reinstall"):
+    if damage == "delete":  # its RECORD still lists it
+        part.unlink()
+    with pytest.raises(FileNotFoundError if damage == "delete" else ValueError,
+                       match=r"Reinstall the package tiny-split-part-002: pip install --force-reinstall"):
         resolve_model_folder(FAKE_ID)
     assert not fake.target.exists()
     assert [p.name for p in (fake.cache / "models").iterdir()] == [".tiny-split.lock"]  # no leftovers
@@ -115,19 +120,28 @@ def test_a_missing_part_is_named_and_no_part_means_not_installed(fake):
     assert split_package_folder(FAKE_ID) is None  # then resolve_model_folder goes on to the Hub
 
 
-@pytest.mark.parametrize("damage", ["truncate", "edit in place", "delete", "damage the manifest"])
+@pytest.mark.parametrize("damage", ["truncate", "edit in place", "delete", "damage the manifest",
+                                    "edit and drop it from the manifest", "edit and empty the manifest", "add a file"])
 def test_a_damaged_assembled_folder_is_detected_and_rebuilt(fake, tiny_st_dir, damage, caplog):
     folder = split_package_folder(FAKE_ID)
     expected = SentenceTransformer(tiny_st_dir, device="cpu").encode(TINY_SENTENCES)
     weights = folder / "model.safetensors"
     if damage == "truncate":
         weights.write_bytes(weights.read_bytes()[:1000])
-    elif damage == "edit in place":  # same size; the modification time tells
+    elif damage.startswith("edit"):  # same size; the modification time tells, or the manifest's list of files
         data = bytearray(weights.read_bytes())
         data[-10] ^= 0xFF
         weights.write_bytes(data)
+        manifest = json.loads((folder / MANIFEST).read_text())
+        if damage == "edit and drop it from the manifest":
+            del manifest["files"]["model.safetensors"]
+        elif damage == "edit and empty the manifest":
+            manifest["files"] = {}
+        (folder / MANIFEST).write_text(json.dumps(manifest))
     elif damage == "delete":
         (folder / "1_Pooling" / "config.json").unlink()
+    elif damage == "add a file":
+        (folder / "1_Pooling" / "notes.txt").write_text("not from the zip")
     else:
         (folder / MANIFEST).write_text("{")
     assert not packages.folder_is_whole(folder, fake.package)
@@ -144,6 +158,45 @@ def test_leftovers_of_an_interrupted_assembly_do_not_break_the_next_load(fake):
     (leftover / "model.zip").write_bytes(b"PK\x03\x04 half a zip")
     assert split_package_folder(FAKE_ID) == fake.target
     assert sorted(p.name for p in (fake.cache / "models").iterdir()) == [".tiny-split.lock", "tiny-split"]
+
+
+def kill_self(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.parametrize("assembly", ["first", "rebuild"])
+def test_a_kill_after_the_rename_leaves_nothing_once_the_next_load_is_done(fake, tiny_st_dir, assembly):
+    """SIGKILL between renaming the new folder into place and removing the temporary one (which holds the old
+    model on a rebuild); the next load finds the folder whole, and removes the leftovers even so."""
+    if assembly == "rebuild":
+        (split_package_folder(FAKE_ID) / "model.safetensors").write_bytes(b"damaged")
+    pid = os.fork()
+    if pid == 0:  # the child: its cleanup, the only call to rmtree on this path, is a SIGKILL
+        shutil.rmtree = kill_self
+        split_package_folder(FAKE_ID)
+        os._exit(0)
+    assert os.waitpid(pid, 0)[1] == signal.SIGKILL
+    models = fake.cache / "models"
+    assert len(list(models.glob(".tiny-split.partial-*"))) == 1
+    assert packages.folder_is_whole(fake.target, fake.package)
+    with FileLock(models / ".tiny-split.lock"):  # held: another process may be assembling, so nothing is removed
+        assert split_package_folder(FAKE_ID) == fake.target
+        assert len(list(models.glob(".tiny-split.partial-*"))) == 1
+    assert split_package_folder(FAKE_ID) == fake.target
+    assert sorted(p.name for p in models.iterdir()) == [".tiny-split.lock", "tiny-split"]
+    np.testing.assert_allclose(SentenceTransformer(FAKE_ID, device="cpu").encode(TINY_SENTENCES),
+                               SentenceTransformer(tiny_st_dir, device="cpu").encode(TINY_SENTENCES), atol=1e-7)
+
+
+@pytest.mark.parametrize("where", ["MINIST_CACHE is a file", "MINIST_CACHE is under a file", "models is a file"])
+def test_a_cache_that_is_a_file_is_named_with_the_way_out(fake, monkeypatch, where):
+    in_the_way = fake.cache / "models" if where == "models is a file" else fake.cache
+    in_the_way.parent.mkdir(parents=True, exist_ok=True)
+    in_the_way.write_text("not a folder")
+    if where == "MINIST_CACHE is under a file":
+        monkeypatch.setenv("MINIST_CACHE", str(fake.cache / "sub"))
+    with pytest.raises(NotADirectoryError, match=rf"^{re.escape(str(in_the_way))} is a file; .* MINIST_CACHE"):
+        split_package_folder(FAKE_ID)
 
 
 CHILD = textwrap.dedent("""

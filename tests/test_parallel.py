@@ -159,6 +159,151 @@ def test_ctrl_c_while_waiting_stops_the_pool(tiny, monkeypatch):
     assert pool.stopped and reaped(pids)  # terminated and waited for: no zombies
 
 
+# --- faults and concurrency: a death at any moment is named within seconds; calls never mix -----------------------
+def gone(pid: int) -> bool:
+    """True once ``pid`` has exited: no such process, or a zombie its new parent has not reaped yet."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def writing_to_a_pipe(pid: int) -> bool:
+    """True while a thread of ``pid`` is blocked in write(2) on a full pipe (Linux's /proc wchan)."""
+    return any("pipe_write" in wchan.read_text() for wchan in Path(f"/proc/{pid}/task").glob("*/wchan"))
+
+
+def test_threads_hammering_one_pool_each_get_their_own_vectors(tiny, tiny_pool):
+    expected = dict(zip(TEXTS, tiny.encode(TEXTS), strict=True))
+    errors = []
+
+    def caller(seed: int):
+        rng = np.random.default_rng(seed)
+        try:
+            for _ in range(5):
+                texts = list(rng.choice(TEXTS, size=rng.integers(1, 40)))
+                got = tiny.encode(texts, pool=tiny_pool, chunk_size=int(rng.choice([3, 50])))
+                np.testing.assert_allclose(got, np.stack([expected[text] for text in texts]), atol=1e-5)
+        except Exception as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=caller, args=(seed,)) for seed in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors[0]
+    assert not tiny_pool.stopped
+
+
+def test_a_pool_refuses_a_model_it_was_not_started_from(tiny, tiny_pool, tiny_st_dir, tmp_path):
+    other = SentenceTransformer(tiny_st_dir, device="cpu")  # the same files, but not the pool's model
+    with pytest.raises(ValueError, match="pool was started from another model"):
+        other.encode(["a cat"], pool=tiny_pool)
+    with pytest.raises(ValueError, match="pool was started from another model"):
+        EmbeddingCache(tmp_path / "cache", other).add(["a cat"], pool=tiny_pool)
+    tiny.max_seq_length, max_seq_length = 4, tiny.max_seq_length  # the workers still hold the old setting
+    try:
+        with pytest.raises(ValueError, match="pool was started from another model"):
+            tiny.encode(["a cat"], pool=tiny_pool)
+    finally:
+        tiny.max_seq_length = max_seq_length
+    assert not tiny_pool.stopped  # refused before any work: the pool still serves its own model
+    np.testing.assert_allclose(tiny.encode(["a cat"], pool=tiny_pool), tiny.encode(["a cat"]), atol=1e-5)
+
+
+def test_a_pool_inside_a_daemonic_process_is_a_named_error(tiny, monkeypatch):
+    import multiprocessing
+
+    monkeypatch.setattr(multiprocessing.current_process(), "daemon", True)  # as inside a daemonic Process
+    with pytest.raises(RuntimeError, match=r"daemonic processes are not allowed to have children.*daemon=False"):
+        tiny.encode(["a cat"], device=["cpu"])
+
+
+def kill_later(seconds: float, pid: int) -> list[float]:
+    """SIGKILL ``pid`` after ``seconds``, as the out-of-memory killer would; the list gets the moment of the kill."""
+    killed = []
+    threading.Timer(seconds, lambda: killed.append(time.monotonic()) or os.kill(pid, signal.SIGKILL)).start()
+    return killed
+
+
+def test_a_random_kill_during_a_call_is_named_within_seconds(tiny):
+    rng = np.random.default_rng(27)
+    pool = tiny.start_multi_process_pool(["cpu", "cpu"])
+    pids = [process.pid for process in pool["processes"]]
+    tiny.encode(TEXTS[:20], pool=pool, chunk_size=1)  # up: from now on results keep coming
+    victim = int(rng.choice(pids))
+    killed = kill_later(rng.uniform(0, 1), victim)  # encoding, sending or waiting: any moment
+    with pytest.raises(WorkerDiedError, match=f"pid {victim} \\(killed by SIGKILL\\)"):
+        within(60, lambda: tiny.encode(TEXTS * 10, pool=pool, chunk_size=10))
+    assert time.monotonic() - killed[0] < 2, "the death was named late"
+    assert pool.stopped and reaped(pids)
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_send_is_named_instead_of_hanging(tiny, monkeypatch):
+    pool = tiny.start_multi_process_pool(["cpu"])
+    pid = pool["processes"][0].pid
+    tiny.encode(["started"], pool=pool)
+    tqdm, killed = minist.parallel.tqdm, []
+
+    def late_reader(iterable, **kwargs):  # the caller reads late: the worker fills the pipe and blocks in write
+        deadline = time.monotonic() + 30
+        while not writing_to_a_pipe(pid):
+            assert time.monotonic() < deadline, "the worker never blocked in write"
+            time.sleep(0.05)
+        killed.append(time.monotonic())
+        os.kill(pid, signal.SIGKILL)  # mid-message: part of a result far larger than the 64 KB pipe is sent
+        yield from tqdm(iterable, **kwargs)
+
+    monkeypatch.setattr(minist.parallel, "tqdm", late_reader)
+    with pytest.raises(WorkerDiedError, match=f"pid {pid} \\(killed by SIGKILL\\)"):
+        within(20, lambda: tiny.encode(TEXTS * 4, pool=pool, chunk_size=len(TEXTS) * 4,
+                                       output_value="token_embeddings"))  # one chunk: about 600 KB back
+    assert time.monotonic() - killed[0] < 2 and pool.stopped and reaped([pid])
+
+
+@pytest.mark.slow
+def test_a_dead_worker_is_named_while_the_others_keep_sending(tiny):
+    pool = tiny.start_multi_process_pool(["cpu", "cpu"])
+    pids = [process.pid for process in pool["processes"]]
+    tiny.encode(TEXTS[:20], pool=pool, chunk_size=1)  # both workers up
+    killed = kill_later(1, pids[0])
+    with pytest.raises(WorkerDiedError, match=f"pid {pids[0]} \\(killed by SIGKILL\\)"):
+        within(120, lambda: tiny.encode(TEXTS * 40, pool=pool, chunk_size=20))
+    assert time.monotonic() - killed[0] < 2, "noticed only once the other worker drained the queue"
+
+
+OWNER = """
+import sys, time
+from minist import SentenceTransformer
+model = SentenceTransformer(sys.argv[1], device="cpu")
+pool = model.start_multi_process_pool(["cpu", "cpu"])
+model.encode(["started"] * 20, pool=pool, chunk_size=1)
+print(*(process.pid for process in pool["processes"]), flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.slow
+def test_workers_exit_when_their_owner_is_killed(tiny_st_dir, signum):
+    owner = subprocess.Popen([sys.executable, "-c", OWNER, tiny_st_dir], stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(pid) for pid in within(120, owner.stdout.readline).split()]
+    finally:
+        owner.send_signal(signum)  # SIGTERM with its default action: no Python code of the owner runs
+        owner.wait()
+    assert len(pids) == 2
+    deadline = time.monotonic() + 10
+    while not all(map(gone, pids)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    orphans = [pid for pid in pids if not gone(pid)]
+    for pid in orphans:  # leave no orphans behind, even when the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert not orphans, f"workers {orphans} outlived their owner"
+
+
 @pytest.mark.real_model
 @pytest.mark.slow
 def test_real_model_pool_equals_encode_and_sentence_transformers_pool(real_model_dir):
@@ -251,10 +396,10 @@ def test_embedder_takes_numpy_and_pandas_batches(tiny):
     out = Embedder(tiny)({"id": ids, "text": texts})
     assert list(out) == ["id", "text", "embedding"] and out["id"] is ids
     np.testing.assert_allclose(out["embedding"], tiny.encode(list(texts)), atol=1e-5)
-    frame = Embedder(tiny, text_column="body", embedding_column="vector", precision="int8")(
+    frame = Embedder(tiny, text_column="body", embedding_column="vector", precision="ubinary")(
         pd.DataFrame({"id": ids, "body": texts}))
-    assert np.stack(frame["vector"]).dtype == np.int8
-    np.testing.assert_array_equal(np.stack(frame["vector"]), tiny.encode(list(texts), precision="int8"))
+    assert np.stack(frame["vector"]).dtype == np.uint8
+    np.testing.assert_array_equal(np.stack(frame["vector"]), tiny.encode(list(texts), precision="ubinary"))
     with pytest.raises(KeyError, match="text_column"):
         Embedder(tiny)({"body": texts})
 

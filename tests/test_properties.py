@@ -7,6 +7,7 @@ force over the full score matrix (semantic_search, paraphrase mining, VectorInde
 
 import tempfile
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -303,6 +304,54 @@ def test_cache_add_takes_a_string_as_one_text(model, text):
         assert cache.add(text) == 1 and cache.add(text) == 0
         reopened = EmbeddingCache(folder, model)
         assert reopened.texts == [text] and reopened.embeddings.shape == (1, 8)
+
+
+# What a model may hand the cache for a chunk of texts: the right rows in some float dtype (stored as float32),
+# or a fault that the cache must refuse before writing anything, with what is wrong in the message.
+GOOD = ["float32", "float64", "float16", "list"]
+BAD = {"wider": "shape", "narrower": "shape", "a row short": "shape", "a row more": "shape", "flat": "shape",
+       "3-d": "shape", "NaN": "not finite", "inf": "not finite", "past float32": "not finite", "int8": "int8 values",
+       "bool": "bool values"}
+
+
+def handed(rows: np.ndarray, kind: str, at: int):
+    """The (texts, 8) float32 ``rows`` as a model that goes wrong in the way ``kind`` says hands them over."""
+    poisoned = rows.copy()
+    poisoned.flat[at] = np.nan if kind == "NaN" else -np.inf
+    return {"float32": rows, "float64": rows.astype(np.float64), "float16": rows.astype(np.float16),
+            "list": rows.tolist(), "wider": np.hstack([rows, rows]), "narrower": rows[:, :4], "a row short": rows[1:],
+            "a row more": np.vstack([rows, rows[:1]]), "flat": rows.reshape(-1), "3-d": rows[None], "NaN": poisoned,
+            "inf": poisoned, "past float32": rows.astype(np.float64) * 1e300, "int8": (rows * 50).astype(np.int8),
+            "bool": rows > 0}[kind]
+
+
+@settings(FAST, max_examples=30)
+@given(batches=st.lists(st.lists(st.integers(0, 11), max_size=6), min_size=1, max_size=5),
+       chunk_size=st.none() | st.integers(1, 4), data=st.data())
+def test_cache_never_commits_a_bad_chunk_and_reopens_with_every_acknowledged_row(model, batches, chunk_size, data):
+    texts, stored, calls = [f"text {i}" for i in range(12)], {}, []  # stored: text -> its row, in commit order
+
+    def encode_document(chunk, **kwargs):  # a model that hands each chunk over right, or wrong, at random
+        rows = np.stack([np.random.default_rng(texts.index(t)).standard_normal(8, dtype=np.float32) for t in chunk])
+        kind = data.draw(st.sampled_from([*GOOD, *BAD]), label="what the model hands over")
+        calls.append((chunk, kind, np.asarray(handed(rows, kind, 0), np.float32) if kind in GOOD else None))
+        return handed(rows, kind, data.draw(st.integers(0, rows.size - 1)))
+
+    with tempfile.TemporaryDirectory() as folder, mock.patch.object(model, "encode_document", encode_document):
+        cache = EmbeddingCache(folder, model)
+        for batch in batches:
+            calls.clear()
+            try:
+                cache.add([texts[i] for i in batch], chunk_size=chunk_size)
+                assert all(kind in GOOD for _, kind, _ in calls)
+            except ValueError as error:  # refused at the first bad chunk, naming what is wrong
+                assert calls[-1][1] in BAD and all(kind in GOOD for _, kind, _ in calls[:-1])
+                assert BAD[calls[-1][1]] in str(error) and "Nothing of it was written" in str(error)
+            for chunk, _, rows in (call for call in calls if call[1] in GOOD):  # acknowledged: committed
+                stored.update(zip(chunk, rows, strict=True))
+            for reader in (cache, EmbeddingCache(folder, model)):  # this object, and the folder opened again
+                assert reader.texts == list(stored)
+                np.testing.assert_array_equal(reader.embeddings, np.array(list(stored.values())).reshape(-1, 8))
 
 
 # --- save and reload -----------------------------------------------------------------------------------

@@ -6,8 +6,12 @@ their NO_DUPLICATES samplers draw.
 """
 
 import json
+import math
+import os
 import random
 import shutil
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +22,7 @@ from datasets import Dataset, DatasetDict
 from sentence_transformers.base.sampler import NoDuplicatesBatchSampler as STNoDuplicatesBatchSampler
 from sentence_transformers.sentence_transformer import evaluation as st_evaluation
 from sentence_transformers.sentence_transformer import losses as st_losses
+from transformers.trainer_utils import rotate_checkpoints
 
 import minist
 from minist import SentenceTransformerTrainer, SentenceTransformerTrainingArguments, evaluation, losses
@@ -109,7 +114,7 @@ def test_no_duplicates_batches_are_upstreams(no_dropout_dir, drop_last, rows, ba
     dataset = anchors_with_repeats(rows)
     model = minist.SentenceTransformer(no_dropout_dir, device="cpu")
     args = SentenceTransformerTrainingArguments(batch_sampler="no_duplicates", per_device_train_batch_size=batch_size,
-                                                dataloader_drop_last=drop_last, seed=11)
+                                                dataloader_drop_last=drop_last, seed=11, save_strategy="no")
     trainer = SentenceTransformerTrainer(model, args, dataset, loss=losses.MultipleNegativesRankingLoss(model))
     for epoch in range(3):
         sampler = STNoDuplicatesBatchSampler(dataset, batch_size, drop_last, generator=torch.Generator(), seed=11)
@@ -150,6 +155,79 @@ def test_checkpoints_keep_the_newest_and_sentence_transformers_loads_them(tmp_pa
         TINY_SENTENCES), model.encode(TINY_SENTENCES), atol=1e-6)
 
 
+def user_files(folder) -> None:
+    """What a user may keep in output_dir beside the checkpoints: rotation must leave it alone."""
+    (folder / "checkpoint-final").mkdir(parents=True)
+    (folder / "checkpoint-final" / "notes.txt").write_text("mine")
+    (folder / "checkpoint-1.txt").write_text("mine")
+
+
+@pytest.mark.parametrize(("limit", "kept"), [(1, [5]), (0, [2, 4, 5]), (-1, [2, 4, 5])])  # 2: above
+def test_checkpoints_rotate_as_upstreams_and_leave_other_folders_alone(tmp_path, no_dropout_dir, limit, kept):
+    """A limit of 0 or less keeps every checkpoint, as upstream; only checkpoint-<step> folders are rotated."""
+    model, ours, theirs = minist.SentenceTransformer(no_dropout_dir, device="cpu"), tmp_path / "minist", tmp_path / "hf"
+    user_files(ours)
+    user_files(theirs)
+    args = SentenceTransformerTrainingArguments(output_dir=str(ours), max_steps=5, per_device_train_batch_size=4,
+                                                save_steps=2, save_total_limit=limit, disable_tqdm=True)
+    SentenceTransformerTrainer(model, args, scored_pairs(), loss=losses.CoSENTLoss(model)).train()
+    for step in (2, 4, 5):  # the Hugging Face Trainer's rotation after each of the same saves
+        (theirs / f"checkpoint-{step}").mkdir()
+        rotate_checkpoints(str(theirs), save_total_limit=limit)
+    assert sorted(p.name for p in ours.iterdir()) == sorted(p.name for p in theirs.iterdir())
+    assert (ours / "checkpoint-final" / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in ours.iterdir()) == sorted(
+        ["checkpoint-final", "checkpoint-1.txt"] + [f"checkpoint-{step}" for step in kept])
+
+
+def refusal_in_a_child(action, user: int | None) -> str:
+    """Run ``action`` in a forked child, as ``user`` if given; returns "ok" or "<ExceptionType>: <message>"."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        try:
+            if user is not None:
+                os.setgid(user)
+                os.setuid(user)
+            action()
+            report = "ok"
+        except BaseException as error:  # reported to the parent
+            report = f"{type(error).__name__}: {error}"
+        os.write(write, report.encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read, "rb") as pipe:
+        return pipe.read().decode()
+
+
+def test_an_output_dir_that_cannot_hold_checkpoints_is_refused_at_construction(tmp_path, model):
+    """Before training, not at the first save. As root every write is allowed, so the child becomes nobody, in a
+    folder of /tmp that nobody may enter (pytest's tmp_path is root's alone)."""
+    (tmp_path / "out").write_text("a file")
+    data, loss = scored_pairs(), losses.CoSENTLoss(model)
+
+    def build(output_dir, **settings):
+        args = SentenceTransformerTrainingArguments(output_dir=str(output_dir), **settings)
+        return lambda: SentenceTransformerTrainer(model, args, data, loss=loss)
+
+    with pytest.raises(NotADirectoryError, match=r"output_dir '.*/out' is a file.*give another output_dir"):
+        build(tmp_path / "out")()
+    build(tmp_path / "out", save_strategy="no")()  # nothing is written there
+    locked = Path(tempfile.mkdtemp())
+    os.chmod(locked, 0o555)
+    try:
+        for folder in (locked, locked / "new"):  # an existing folder, and a new one in it
+            error = refusal_in_a_child(build(folder), user=65534 if os.geteuid() == 0 else None)
+            assert error.startswith("PermissionError: output_dir") and "give an output_dir you may write" in error, \
+                error
+        assert list(locked.iterdir()) == []
+    finally:
+        os.chmod(locked, 0o755)
+        shutil.rmtree(locked)
+
+
 @pytest.mark.parametrize(("settings", "error", "message"), [
     ({"gradient_accumulation_steps": 4}, TypeError, "leaves out gradient_accumulation_steps .sentence-transformers"),
     ({"lerning_rate": 1e-4}, TypeError, "Unknown argument lerning_rate"),
@@ -160,6 +238,9 @@ def test_checkpoints_keep_the_newest_and_sentence_transformers_loads_them(tmp_pa
     ({"learning_rate": 0}, ValueError, "learning rate must be positive"),
     ({"per_device_train_batch_size": 0}, ValueError, "per_device_train_batch_size must be at least 1"),
     ({"eval_steps": 0}, ValueError, "eval_steps must be positive"),
+    ({"num_train_epochs": math.inf}, ValueError, "num_train_epochs must be positive and finite, not inf"),
+    ({"num_train_epochs": math.nan}, ValueError, "num_train_epochs must be positive and finite, not nan"),
+    ({"warmup_steps": math.inf}, ValueError, "warmup_steps must be finite and at least 0, not inf"),
 ])
 def test_bad_arguments_are_named(settings, error, message):
     with pytest.raises(error, match=message):
@@ -186,6 +267,9 @@ def model(no_dropout_dir):
      "train_dataset must be one datasets.Dataset, not DatasetDict"),
     (lambda: scored_pairs(), "CoSENTLoss", {"eval_strategy": "steps"}, ValueError,
      "eval_strategy is 'steps', but there is no eval_dataset or evaluator"),
+    (lambda: Dataset.from_dict({"s1": [], "s2": [], "score": []}), "CoSENTLoss", {}, ValueError,
+     "train_dataset is empty: it has no rows"),  # its columns hold null: the emptiness is what to name
+    (lambda: Dataset.from_list([]), "CosineSimilarityLoss", {}, ValueError, "train_dataset is empty: it has no rows"),
 ])
 def test_bad_data_is_refused_before_training(model, data, loss, settings, error, message):
     args = SentenceTransformerTrainingArguments(output_dir="unused", **settings)
