@@ -109,6 +109,16 @@ def cross_encoder_dir(real_model_dir, tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray cluster of this machine's two cores, on 127.0.0.1, for one test module."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+             configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def real_onnx_cache(tmp_path_factory) -> Path:
     """A ``MINIST_CACHE`` for the real model's ONNX exports, shared by the session: the first test to load it

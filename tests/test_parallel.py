@@ -404,15 +404,6 @@ def test_embedder_takes_numpy_and_pandas_batches(tiny):
         Embedder(tiny)({"body": texts})
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
-             configure_logging=False)
-    yield ray
-    ray.shutdown()
-
-
 @pytest.mark.ray
 @pytest.mark.slow
 def test_ray_data_pipeline_writes_encodes_numbers_with_ids(ray_cluster, tiny, tiny_st_dir, tmp_path):

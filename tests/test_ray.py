@@ -90,15 +90,6 @@ def test_other_batch_types_are_refused_by_type_with_the_formats_taken(tiny, batc
         Embedder(tiny)(batch)
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
-             configure_logging=False)
-    yield ray
-    ray.shutdown()
-
-
 @pytest.mark.slow
 def test_a_ray_pipeline_in_pyarrow_batches_ends_on_a_batch_of_one_row(ray_cluster, tiny, tiny_st_dir):
     # 7 rows in batches of 3: the last batch holds one row, where int8 used to fail the job.
