@@ -155,7 +155,9 @@ def main() -> None:
     for path in args.notebooks:
         nb = nbformat.read(path, as_version=4)
         if not args.tidy_only:
-            NotebookClient(nb, timeout=None, kernel_name="python3",
+            # A cell may take minutes (fine-tuning), never twenty: past that the run fails rather than hangs (a
+            # reply the kernel never sends would otherwise be awaited for ever).
+            NotebookClient(nb, timeout=1200, kernel_name="python3",
                            resources={"metadata": {"path": str(path.parent)}}).execute()
         write(tidy(nb), path)
         print("wrote", path)
