@@ -4,7 +4,7 @@
 
 Corpora: (a) "spread": 3,000 texts built from data/corpus.jsonl and STS-B sentences, seeded: 55% one
 sentence, 30% two to six, 15% fifteen to thirty (past 256 tokens, so truncated); (b) "stsb": the 2,552
-distinct sentences of the STS-B test split. Needs ../shared/data/stsb (not in this repository).
+distinct sentences of the STS-B test split. Reads STS-B from data/stsb.
 
 The header names the CPU and the instructions that decide the fast paths (AVX2, AVX-512, VNNI, BF16,
 FP16, AMX), since the same ``quantize=`` is 2x faster than float32 on one CPU and 25x slower on another.

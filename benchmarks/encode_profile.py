@@ -6,7 +6,7 @@ encode.py's "physical bound" divides a corpus's FLOPs by PyTorch's standalone fp
 This script splits the gap to that bound for the first ``--texts`` texts of encode.py's corpus (a):
 torch.profiler's self CPU time per operator, grouped (matrix products, attention, GELU, layer norm, the
 rest of the model, and what encode does outside the model: tokenizing, padding, pooling), and the rate
-the linear layers reach inside encode against the standalone rate. Needs ../shared/data/stsb.
+the linear layers reach inside encode against the standalone rate. Reads STS-B from data/stsb.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ The recipe of the sentence-transformers STS-B example: CosineSimilarityLoss on t
 through ``model.fit`` on InputExamples, ``--recipe trainer`` through ``SentenceTransformerTrainer`` on a
 ``datasets.Dataset`` (the v3+ recipe). Both libraries start from the same weights, with the same seed and
 batch order. Reports the STS-B test Spearman (cosine, x100) before and after for each, and the ratio of
-training times. Needs ../shared/data/stsb (not in this repository).
+training times. Reads STS-B from data/stsb.
 """
 
 from __future__ import annotations

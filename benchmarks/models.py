@@ -11,7 +11,7 @@ For each model, on this machine:
   ``--stsb`` distinct STS-B test sentences, the paths interleaved, medians of ``--repeats``;
 - load time and peak RSS (VmHWM) of a fresh process that loads the model and encodes 200 spread texts;
 - the embedding's size: dimension, and bytes per text in float32, int8 and binary.
-Needs ../shared/data/stsb (not in this repository). It prints one markdown table per measure, ready for
+Reads STS-B from data/stsb. It prints one markdown table per measure, ready for
 benchmarks/README.md.
 """
 

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/parallel.py [--n 1000] [--repeats 2]
 
 The same texts for every path: the first ``--n`` of ``encode.py``'s spread corpus (55% one sentence, 30% two
-to six, 15% past 256 tokens; needs ../shared/data/stsb), all-MiniLM-L6-v2 in float32 on the CPU.
+to six, 15% past 256 tokens; STS-B from data/stsb), all-MiniLM-L6-v2 in float32 on the CPU.
 
 - ``encode``: one process, torch's threads on all the cores (``model.encode``);
 - ``pool``: one worker per core, one thread each (``start_multi_process_pool``); the workers' start (spawn,

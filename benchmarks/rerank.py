@@ -7,7 +7,7 @@
    (question, answer, label) per pair, must be the same.
 2. STS-B: a cross-encoder on all-MiniLM-L6-v2's transformer with a new head, trained on STS-B train (scores / 5,
    BinaryCrossEntropyLoss, upstream's recipe, one epoch); its test Spearman beside the bi-encoder's cosine.
-   Needs ../shared/data/stsb (not in this repository).
+   Reads STS-B from data/stsb.
 3. Two bikefix rerankers, each trained on the mined pairs with BinaryCrossEntropyLoss by both libraries'
    ``CrossEncoderTrainer``, same seed and arguments: from a new head on all-MiniLM-L6-v2 (seeded: the same head
    in both), and from minist's STS-B cross-encoder of step 2 (saved once, loaded by both).

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/search.py [--corpus-size 100000] [--queries 1000] [--repeats 3]
 
-Vectors: all-MiniLM-L6-v2 embeddings of the distinct STS benchmark sentences (../shared/data/stsb, not in
+Vectors: all-MiniLM-L6-v2 embeddings of the distinct STS benchmark sentences (data/stsb, in
 this repository), 1,000 of them held out as queries; the corpus is the rest, grown to --corpus-size with
 blends of two real embeddings (0.7 a + 0.3 b, plus a little noise, renormalized), so that it keeps the
 clustered shape of real embeddings. Exact float32 search is the reference for every recall@10.

@@ -1,20 +1,14 @@
-"""The STS benchmark, read from ../shared/data/stsb beside the checkout (reference data, not in this repository)."""
+"""The STS benchmark, read from the repository's data/stsb by minist's own loader (``minist.evaluation.load_stsb``)."""
 
 from __future__ import annotations
 
-import csv
-from pathlib import Path
-
-STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb"
+from minist.evaluation import load_stsb
 
 
 def read_stsb(split: str) -> list[tuple[str, str, float]]:
-    """(sentence1, sentence2, score from 0 to 5) for each pair of ``split`` ("train", "dev" or "test")."""
-    if not STSB.is_dir():
-        raise SystemExit(f"The STS benchmark is not at {STSB}; this benchmark needs it.")
-    with open(STSB / f"stsb-en-{split}.tsv", encoding="utf-8", newline="") as f:
-        return [(r["sentence1"], r["sentence2"], float(r["score"]))
-                for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)]
+    """(sentence1, sentence2, score from 0 to 5) for each pair of ``split`` ("train", "dev" or "test"); the scores
+    equal the file's to the last bit or two (scaled to 0-1 and back), which changes no rank."""
+    return [(a, b, score * 5) for a, b, score in zip(*load_stsb(split), strict=True)]
 
 
 def main() -> None:

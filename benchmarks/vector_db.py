@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/vector_db.py [--sizes 10000 100000] [--embed-size 10000] [--latency-queries 500]
 
-Texts: the distinct STS benchmark sentences (../shared/data/stsb, not in this repository), 1,000 held out as
+Texts: the distinct STS benchmark sentences (data/stsb, in this repository), 1,000 held out as
 queries. Ingest with the model ("texts/s embedded and written") runs at --embed-size real texts: minist's
 ``sync`` into an embedded Chroma (a folder) and into a ``ChromaServer``, beside minist's own path (encode, then
 build a ``VectorIndex``). The rest runs on precomputed vectors, so the model's time stays out of it: the corpus

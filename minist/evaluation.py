@@ -9,7 +9,8 @@ Calling an evaluator returns a dict of metrics named as in sentence-transformers
 ``cosine_ndcg@10``; prefixed with ``name_`` when a name is given), and sets ``primary_metric``.
 Data that cannot give a score (no pairs, one pair, NaN or constant gold scores, no query with a relevant
 document in the corpus) is refused when the evaluator is built, naming what is wrong, rather than scored NaN.
-Left out: prompts, quantized precisions, the other evaluators.
+``load_stsb(split)`` reads the STS benchmark this repository carries in ``data/stsb/`` (its licence there), in the
+shape ``EmbeddingSimilarityEvaluator`` takes. Left out: prompts, quantized precisions, the other evaluators.
 """
 
 from __future__ import annotations
@@ -81,6 +82,31 @@ def check_pairs(sentences1: list[str], sentences2: list[str], scores: list[float
             raise ValueError(f"scores[{i}] is {score!r:.40}; every gold score must be a finite number.")
     if len(set(scores)) == 1:
         raise ValueError(f"Every gold score is {scores[0]}: a correlation with constant scores is undefined.")
+
+
+STSB = Path(__file__).resolve().parents[1] / "data" / "stsb"
+
+
+def load_stsb(split: str = "test", folder: str | Path = STSB) -> tuple[list[str], list[str], list[float]]:
+    """The STS benchmark's ``split`` ("train" 5,749 pairs, "dev" 1,500, "test" 1,379) as ``(sentences1,
+    sentences2, scores)``, the human scores scaled from 0-5 to 0-1 as in the Hub's ``sentence-transformers/stsb``.
+
+    ``folder`` holds ``stsb-en-{split}.tsv`` (a header ``score sentence1 sentence2``, tab-separated, no quoting);
+    by default the ``data/stsb`` folder of the clone minist is installed from.
+
+    >>> sentences1, sentences2, scores = load_stsb("test")
+    >>> len(scores), sentences1[0], sentences2[0], scores[0]
+    (1379, 'A girl is styling her hair.', 'A girl is brushing her hair.', 0.5)
+    """
+    if split not in ("train", "dev", "test"):
+        raise ValueError(f"STS-B has the splits 'train', 'dev' and 'test', not {split!r}")
+    path = Path(folder) / f"stsb-en-{split}.tsv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the STS benchmark is in a clone's data/stsb/ (pass it as "
+                                f"folder=), or on the Hub as datasets.load_dataset('sentence-transformers/stsb')")
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    return [r["sentence1"] for r in rows], [r["sentence2"] for r in rows], [float(r["score"]) / 5 for r in rows]
 
 
 class EmbeddingSimilarityEvaluator(Evaluator):

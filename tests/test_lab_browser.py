@@ -262,8 +262,8 @@ def docs_shot(locator, name: str) -> None:
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS if ALL else [
     "notebooks/00_quickstart.ipynb", "notebooks/01_tokenization.ipynb", "notebooks/04_semantic_search.ipynb",
-    "notebooks/06_fine_tuning.ipynb", "notebooks/08_speed_and_models.ipynb", "notebooks/09_choosing_a_model.ipynb",
-    "notebooks/10_retrieve_and_rerank.ipynb", "notebooks/cookbook/07_rerank.ipynb",
+    "notebooks/06_fine_tuning.ipynb", "notebooks/08_speed.ipynb", "notebooks/10_choosing_a_model.ipynb",
+    "notebooks/11_retrieve_and_rerank.ipynb", "notebooks/cookbook/07_rerank.ipynb",
     "notebooks/cookbook/08_vector_database.ipynb"])
 def test_first_open_reads_right_and_saving_changes_nothing(page, lab, notebook):
     """A fresh clone's notebook, opened untrusted: no widget text fallbacks, no unfinished bars, and
@@ -326,7 +326,7 @@ def test_search_box_finds_the_typed_question_and_the_slider_sets_the_rows(page, 
 def test_compare_box_scores_the_typed_model(page, lab):
     from playwright.sync_api import expect
 
-    widget = run_and_find_the_widget(page, lab, "notebooks/09_choosing_a_model.ipynb")
+    widget = run_and_find_the_widget(page, lab, "notebooks/10_choosing_a_model.ipynb")
     # The Hub id of the model the notebook already scored as "all-MiniLM-L6-v2": the same scores must come back.
     name = "sentence-transformers/all-MiniLM-L6-v2"
     type_into(page, widget.locator("input"), name)

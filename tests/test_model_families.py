@@ -77,7 +77,7 @@ def test_an_architecture_transformers_cannot_load_is_named(tmp_path, tiny_hf_dir
 
 def test_only_bert_runs_on_the_from_scratch_model_and_the_others_run_through_transformers(family_dir):
     """``backend="minist"`` is BERT's teaching twin; every other family, MPNet included, runs on transformers'
-    own class (MPNet would need its relative position buckets added to minist.bert: notebook 09's exercise)."""
+    own class (MPNet would need its relative position buckets added to minist.bert: notebook 10's exercise)."""
     family = SentenceTransformer(family_dir, device="cpu").transformers_model.config.model_type
     if family == "bert":
         assert SentenceTransformer(family_dir, device="cpu", backend="minist").transformers_model is None

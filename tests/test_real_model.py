@@ -123,3 +123,30 @@ def test_quick_start_numbers(models):
     assert embeddings.shape == (2, 384)
     torch.testing.assert_close(ours.similarity(embeddings, embeddings), theirs.similarity(
         theirs.encode(texts), theirs.encode(texts)), atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_the_published_stsb_score_is_reproduced_from_the_repository(real_model, st_real_model):
+    """data/stsb, read by minist.evaluation.load_stsb, gives all-MiniLM-L6-v2's published STS-B test Spearman
+    (82.03), through minist's evaluator and through sentence-transformers' on the same pairs; the loader reads the
+    file as csv does."""
+    import csv
+    from pathlib import Path
+
+    from sentence_transformers.evaluation import EmbeddingSimilarityEvaluator as STEvaluator
+
+    from minist.evaluation import STSB, EmbeddingSimilarityEvaluator, load_stsb
+
+    first, second, scores = load_stsb("test")
+    with open(Path(STSB) / "stsb-en-test.tsv", encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
+    assert [(a, b) for _, a, b in rows] == list(zip(first, second, strict=True))
+    assert scores == pytest.approx([float(s) / 5 for s, _, _ in rows], abs=0)
+    ours = EmbeddingSimilarityEvaluator(first, second, scores)(real_model)["spearman_cosine"]
+    theirs = STEvaluator(first, second, scores)(st_real_model)["spearman_cosine"]
+    assert round(100 * ours, 2) == 82.03
+    assert ours == pytest.approx(theirs, abs=1e-6)
+    with pytest.raises(ValueError, match="'validation'"):
+        load_stsb("validation")
+    with pytest.raises(FileNotFoundError, match="sentence-transformers/stsb"):
+        load_stsb("test", folder=Path(STSB) / "missing")

@@ -4,7 +4,7 @@ A bi-encoder (``SentenceTransformer``) embeds each text alone, so a corpus is em
 cosine. A cross-encoder puts both texts through the transformer as one input, ``[CLS] query [SEP] document
 [SEP]``, so that attention runs across the two; a classification head on [CLS] gives ``num_labels`` logits
 (``transformers.AutoModelForSequenceClassification``). That reads the pair better, at one forward pass per
-pair: it reranks the top hits of a bi-encoder rather than searching a corpus (notebook 10).
+pair: it reranks the top hits of a bi-encoder rather than searching a corpus (notebook 11).
 ``predict`` scores pairs, ``rank`` sorts documents for a query: sentence-transformers 6's API and numbers.
 The default activation is sentence-transformers': sigmoid for one label (a score in 0-1), none for more.
 
@@ -74,7 +74,7 @@ def activation_from_path(path: str | None, default: nn.Module) -> nn.Module:
 class CrossEncoder(nn.Sequential):
     """A transformer with a classification head, scoring text pairs; ``model[0]`` is the ``Transformer`` step.
 
-    >>> reranker = CrossEncoder("all-MiniLM-L6-v2", num_labels=1)  # a new head: train it (notebook 10)
+    >>> reranker = CrossEncoder("all-MiniLM-L6-v2", num_labels=1)  # a new head: train it (notebook 11)
     >>> reranker.predict([("How many people live in Berlin?", "Berlin has 3.5 million people.")]).shape
     (1,)
     """
