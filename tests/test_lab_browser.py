@@ -262,9 +262,11 @@ def docs_shot(locator, name: str) -> None:
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS if ALL else [
     "notebooks/00_quickstart.ipynb", "notebooks/01_tokenization.ipynb", "notebooks/04_semantic_search.ipynb",
-    "notebooks/06_fine_tuning.ipynb", "notebooks/08_speed.ipynb", "notebooks/10_choosing_a_model.ipynb",
-    "notebooks/11_retrieve_and_rerank.ipynb", "notebooks/cookbook/07_rerank.ipynb",
-    "notebooks/cookbook/08_vector_database.ipynb"])
+    "notebooks/06_fine_tuning.ipynb", "notebooks/08_speed.ipynb", "notebooks/09_quantization.ipynb",
+    "notebooks/10_choosing_a_model.ipynb", "notebooks/11_retrieve_and_rerank.ipynb",
+    "notebooks/cookbook/01_faq_search.ipynb", "notebooks/cookbook/07_rerank.ipynb",
+    "notebooks/cookbook/08_vector_database.ipynb", "notebooks/solutions/04_semantic_search.ipynb",
+    "notebooks/solutions/cookbook_01_faq_search.ipynb"])
 def test_first_open_reads_right_and_saving_changes_nothing(page, lab, notebook):
     """A fresh clone's notebook, opened untrusted: no widget text fallbacks, no unfinished bars, and
     opening and saving it (the kernel started, so JupyterLab rewrites its metadata) leaves the file as it was."""

