@@ -74,7 +74,7 @@ class SentenceTransformer(nn.Sequential):
     units. On a CPU that lacks the instructions a kernel needs, minist runs the fast one it has instead
     (int8 on ONNX Runtime) or float32, says so once in the log and in ``model.path_note``, and
     ``model.quantize`` / ``model.backend`` say what runs (``minist.cpu``). ``minist.measure.fastest_path``
-    and notebook 08 measure what each buys on your machine.
+    and notebook 08 measure what each buys on your machine; notebook 09 what each costs in quality.
     ``prompts`` (name -> text) add to the saved ones and win over them; ``default_prompt_name`` names the one
     ``encode`` uses when given none (default: none), as in sentence-transformers.
 

@@ -279,11 +279,13 @@ DEMOS = {
     "FAQSearch": (LOAD + """
 import tempfile
 faq = FAQSearch(model, ["Oil the chain when it squeaks.", "Pump the tyres every week."], tempfile.mkdtemp())
-print(faq.ask("my chain squeaks", top_k=1)[0]["text"])
-""", "Oil the chain when it squeaks."),
+min_score = choose_min_score(faq, ["my chain squeaks", "soft tyres"], ["What is the capital of France?"])
+print(faq.ask("What is the capital of France?", min_score), faq.ask("my chain squeaks", min_score, top_k=1)[0]["text"])
+""", "[] Oil the chain when it squeaks."),
     "near_duplicates": (LOAD + """
-print(near_duplicates(model, ["my chain squeaks", "squeaky chain when I pedal", "flat tyre"], 0.5)[0][1:])
-""", "(0, 1)"),
+pairs = near_duplicates(model, ["my chain squeaks", "squeaky chain when I pedal", "flat tyre"], 0.5)
+print(pairs[0][1:], duplicate_groups(pairs, 3))
+""", "(0, 1) [[0, 1], [2]]"),
     "ChunkedRetriever": (LOAD + """
 docs = [" ".join(["Cats like to sleep in the sun."] * 30 + ["A scratching post saves the sofa."]), "Tomatoes need sun."]
 hit = ChunkedRetriever(model, docs).search("my cat scratches the sofa", top_k=1)[0]
@@ -292,7 +294,7 @@ print(hit["document"], "scratching post" in hit["passage"])
     "cluster_topics": (LOAD + """
 texts = [f"the {w} ate the {w} food" for w in ("cat", "dog", "kitten", "puppy")]
 texts += [f"the {w} orbits the {w}" for w in ("moon", "planet", "comet", "star")]
-clusters, labels, points = cluster_topics(model, texts, n_topics=2)
+clusters, labels, points = cluster_topics(model, texts, n_topics=2, with_map=True)
 print(len(set(clusters[:4])), len(set(clusters[4:])), points.shape)
 """, "1 1 (8, 2)"),
     "langchain_store": (LOAD + """
