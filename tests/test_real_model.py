@@ -133,7 +133,7 @@ def test_the_published_stsb_score_is_reproduced_from_the_repository(real_model, 
     import csv
     from pathlib import Path
 
-    from sentence_transformers.evaluation import EmbeddingSimilarityEvaluator as STEvaluator
+    from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator as STEvaluator
 
     from minist.evaluation import STSB, EmbeddingSimilarityEvaluator, load_stsb
 
