@@ -408,6 +408,9 @@ def test_notebook_is_committed_as_jupyterlab_saves_it_and_reads_right_unrun(path
         return [value] if isinstance(value, float) and value.is_integer() else []
 
     assert whole_floats(nb) == [], "JupyterLab's JSON.stringify writes 23.0 as 23"
+    unrun = [n for n, c in enumerate(nb["cells"]) if c["cell_type"] == "code" and "".join(c["source"]).strip()
+             and c.get("execution_count") is None]
+    assert unrun == [], f"code cells committed without running (check cells too): {unrun}"
 
     saved = nb["metadata"].get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
     for cell in nb["cells"]:
